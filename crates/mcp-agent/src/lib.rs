@@ -1,0 +1,99 @@
+//! `mcp-agent`: runs on every node. As a worker it runs the node's services through a
+//! container runtime or the exec driver, keeping their desired state in SQLite; as an
+//! edge node it runs none. It dials only the master, and answers the master's RPCs.
+
+pub mod config;
+pub mod host;
+pub mod node;
+pub mod process;
+pub mod register;
+pub mod runtime;
+pub mod server;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use mcp_proto::agent::v1::agent_server::AgentServer;
+use mcp_proto::transport::ServerTransport;
+
+use crate::config::{Config, RuntimeKind};
+use crate::runtime::Runtime;
+
+/// This agent's version, reported at registration.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the agent until `shutdown` becomes true. `supervisor_exe` is the binary that
+/// understands `supervise DIR` (the agent binary itself).
+pub async fn run(
+    config: Config,
+    supervisor_exe: PathBuf,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolve data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.srv_root)
+        .with_context(|| format!("create srv_root {}", config.srv_root.display()))?;
+    let mut config = config;
+    config.srv_root = config
+        .srv_root
+        .canonicalize()
+        .with_context(|| format!("resolve srv_root {}", config.srv_root.display()))?;
+    let store = store::Store::open(&data_dir.join("agent.db"))?;
+    let container: Option<Arc<dyn Runtime>> = match (config.runtime, config.socket()) {
+        (RuntimeKind::Exec, _) | (_, None) => None,
+        (kind, Some(socket)) => {
+            let name = if kind == RuntimeKind::Podman {
+                "podman"
+            } else {
+                "docker"
+            };
+            Some(Arc::new(
+                runtime::docker::DockerRuntime::connect(&socket, &config.name, name).await?,
+            ))
+        }
+    };
+    let exec: Arc<dyn Runtime> = Arc::new(runtime::exec::ExecRuntime::new(
+        data_dir.join("exec"),
+        &config.name,
+        supervisor_exe,
+    )?);
+    let node = Arc::new(node::Node::new(&config, store, container, exec));
+
+    // Adoption: whatever runs with this node's label is found, not started again.
+    let adopted = node.observe().await?;
+    tracing::info!(
+        node = %config.name,
+        runtime = ?config.runtime,
+        adopted = adopted.len(),
+        listen = %config.listen,
+        "agent starting"
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = server::AgentService { node: node.clone() };
+    let register = tokio::spawn(register::run(
+        config.clone(),
+        node.clone(),
+        shutdown.clone(),
+    ));
+    let mut stop = shutdown.clone();
+    ServerTransport::default()
+        .server()
+        .add_service(AgentServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serve agent RPCs")?;
+    let _ = register.await;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The few process primitives the exec driver needs: is a PID alive (and is it still
+//! the process we think it is), and send it a signal.
+
+use std::path::Path;
+
+/// A process's state letter from `/proc/<pid>/stat`, or None when it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')')?.1;
+    after.trim_start().chars().next()
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: u32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// Alive, and its command line contains every one of `needles` (guards against a
+/// recycled PID).
+pub fn alive_with_cmdline(pid: u32, needles: &[&str]) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+    needles.iter().all(|n| cmdline.contains(n))
+}
+
+/// Sends `signal` to `pid`; false when there is no such process.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, signal: i32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is a positive value, so
+    // it never targets a process group or every process.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// Reads a PID file.
+pub fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Writes a file atomically (write to a temp file, fsync, rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = std::process::id();
+        assert!(alive(me));
+        assert!(!alive(u32::MAX - 1));
+        assert!(!alive_with_cmdline(me, &["surely-not-in-my-cmdline-xyz"]));
+    }
+}

@@ -1,0 +1,386 @@
+//! Docker and Podman through the Docker Engine API on a Unix socket (bollard). The API
+//! version is negotiated, so old engines (Debian's Docker 20.10, API 1.41) work.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy as DockerRestart,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use mcp_types::RestartPolicy;
+
+use super::{
+    instance_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime, LABEL_COMPONENT,
+    LABEL_DIGEST, LABEL_NODE, LABEL_SERVICE,
+};
+
+/// A Docker Engine API endpoint (Docker itself, or Podman's compatible service).
+pub struct DockerRuntime {
+    docker: Docker,
+    node: String,
+    name: &'static str,
+}
+
+/// Seconds a container gets to stop before it is killed.
+const STOP_TIMEOUT_S: i32 = 10;
+
+impl DockerRuntime {
+    /// Connects to the socket and negotiates the API version.
+    pub async fn connect(socket: &Path, node: &str, name: &'static str) -> anyhow::Result<Self> {
+        let path = socket
+            .to_str()
+            .context("runtime socket path is not UTF-8")?;
+        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            .with_context(|| format!("connect to {name} at {path}"))?
+            .negotiate_version()
+            .await
+            .with_context(|| format!("negotiate API version with {name} at {path}"))?;
+        docker
+            .ping()
+            .await
+            .with_context(|| format!("ping {name} at {path}"))?;
+        Ok(DockerRuntime {
+            docker,
+            node: node.to_string(),
+            name,
+        })
+    }
+
+    fn node_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node)],
+        )])
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_not_modified(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
+}
+
+fn restart_policy(policy: RestartPolicy) -> RestartPolicyNameEnum {
+    match policy {
+        RestartPolicy::No => RestartPolicyNameEnum::NO,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+    }
+}
+
+/// `2024-05-01T10:11:12.123456789Z` as Unix seconds; 0 for Docker's zero time or junk.
+pub fn parse_rfc3339(s: &str) -> i64 {
+    let parse = || -> Option<i64> {
+        let (date, time) = s.split_once('T')?;
+        let mut d = date.splitn(3, '-');
+        let y: i64 = d.next()?.parse().ok()?;
+        let m: i64 = d.next()?.parse().ok()?;
+        let day: i64 = d.next()?.parse().ok()?;
+        let (clock, offset_s) = match time.find(['Z', '+', '-']) {
+            Some(i) => {
+                let (clock, zone) = time.split_at(i);
+                let offset = if zone == "Z" {
+                    0
+                } else {
+                    let sign = if zone.starts_with('-') { -1 } else { 1 };
+                    let (h, mi) = zone.get(1..)?.split_once(':')?;
+                    sign * (h.parse::<i64>().ok()? * 3600 + mi.parse::<i64>().ok()? * 60)
+                };
+                (clock, offset)
+            }
+            None => (time, 0),
+        };
+        let mut c = clock.splitn(3, ':');
+        let h: i64 = c.next()?.parse().ok()?;
+        let mi: i64 = c.next()?.parse().ok()?;
+        let sec: i64 = c.next()?.split('.').next()?.parse().ok()?;
+        if y < 1971 {
+            return None;
+        }
+        // Days from civil (Howard Hinnant's algorithm).
+        let y2 = if m <= 2 { y - 1 } else { y };
+        let era = y2.div_euclid(400);
+        let yoe = y2 - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146097 + doe - 719468;
+        Some(days * 86400 + h * 3600 + mi * 60 + sec - offset_s)
+    };
+    parse().unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> anyhow::Result<()> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            progress(PullProgress {
+                status: "image present".to_string(),
+                current: 1,
+                total: 1,
+            });
+            return Ok(());
+        }
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            let info = item.with_context(|| format!("pull image {image}"))?;
+            if let Some(detail) = info.error_detail {
+                return Err(anyhow!(
+                    "pull image {image}: {}",
+                    detail.message.unwrap_or_default()
+                ));
+            }
+            let (current, total) = info
+                .progress_detail
+                .map(|p| {
+                    (
+                        p.current.unwrap_or(0).max(0) as u64,
+                        p.total.unwrap_or(0).max(0) as u64,
+                    )
+                })
+                .unwrap_or((0, 0));
+            progress(PullProgress {
+                status: info.status.unwrap_or_default(),
+                current,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    async fn create(&self, instance: &Instance) -> anyhow::Result<()> {
+        let image = instance
+            .image
+            .clone()
+            .context("a container component needs an image")?;
+        let labels = HashMap::from([
+            (LABEL_SERVICE.to_string(), instance.service.clone()),
+            (LABEL_COMPONENT.to_string(), instance.component.clone()),
+            (LABEL_NODE.to_string(), instance.node.clone()),
+            (LABEL_DIGEST.to_string(), instance.digest.clone()),
+        ]);
+        let mut exposed = Vec::new();
+        let mut bindings = HashMap::new();
+        for (container_port, host_port) in &instance.ports {
+            let key = format!("{container_port}/tcp");
+            exposed.push(key.clone());
+            bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: Some(instance.host_ip.to_string()),
+                    host_port: Some(host_port.to_string()),
+                }]),
+            );
+        }
+        let binds = instance
+            .volumes
+            .iter()
+            .map(|(host, container, ro)| {
+                format!(
+                    "{}:{container}{}",
+                    host.display(),
+                    if *ro { ":ro" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>();
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: (!instance.command.is_empty()).then(|| instance.command.clone()),
+            env: Some(
+                instance
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                binds: (!binds.is_empty()).then_some(binds),
+                restart_policy: Some(DockerRestart {
+                    name: Some(restart_policy(instance.restart)),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = instance_name(&instance.service, &instance.component);
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("create container {name}"))?;
+        Ok(())
+    }
+
+    async fn start(&self, service: &str, component: &str) -> anyhow::Result<()> {
+        let name = instance_name(service, component);
+        match self.docker.start_container(&name, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_modified(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("start container {name}")),
+        }
+    }
+
+    async fn stop(&self, service: &str, component: &str) -> anyhow::Result<()> {
+        let name = instance_name(service, component);
+        let options = StopContainerOptions {
+            t: Some(STOP_TIMEOUT_S),
+            signal: None,
+        };
+        match self.docker.stop_container(&name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_modified(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("stop container {name}")),
+        }
+    }
+
+    async fn remove(&self, service: &str, component: &str) -> anyhow::Result<()> {
+        let name = instance_name(service, component);
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self.docker.remove_container(&name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove container {name}")),
+        }
+    }
+
+    async fn list(&self) -> anyhow::Result<Vec<Observed>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(self.node_filter()),
+            ..Default::default()
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .with_context(|| format!("list {} containers", self.name))?;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let labels = c.labels.unwrap_or_default();
+            let (Some(service), Some(component)) =
+                (labels.get(LABEL_SERVICE), labels.get(LABEL_COMPONENT))
+            else {
+                continue;
+            };
+            let state = c
+                .state
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".to_string());
+            let mut started_at = 0;
+            if state == "running" {
+                if let Some(id) = &c.id {
+                    if let Ok(inspect) = self.docker.inspect_container(id, None).await {
+                        started_at = inspect
+                            .state
+                            .and_then(|s| s.started_at)
+                            .map_or(0, |t| parse_rfc3339(&t));
+                    }
+                }
+            }
+            out.push(Observed {
+                service: service.clone(),
+                component: component.clone(),
+                state,
+                image: c.image.unwrap_or_default(),
+                started_at,
+                digest: labels.get(LABEL_DIGEST).cloned().unwrap_or_default(),
+                detail: c.status.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn logs(
+        &self,
+        service: &str,
+        component: &str,
+        follow: bool,
+        tail: Option<u32>,
+    ) -> anyhow::Result<LogStream> {
+        let name = instance_name(service, component);
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_string(), |n| n.to_string()),
+            ..Default::default()
+        };
+        let stream = self.docker.logs(&name, Some(options)).map(move |item| {
+            use bollard::container::LogOutput;
+            let out = item.context("read container logs")?;
+            Ok(match out {
+                LogOutput::StdErr { message } => LogChunk {
+                    stream: "stderr",
+                    data: message.to_vec(),
+                },
+                LogOutput::StdOut { message }
+                | LogOutput::Console { message }
+                | LogOutput::StdIn { message } => LogChunk {
+                    stream: "stdout",
+                    data: message.to_vec(),
+                },
+            })
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rfc3339;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(parse_rfc3339("2024-05-01T10:11:12.123456789Z"), 1714558272);
+        assert_eq!(parse_rfc3339("2024-05-01T12:11:12+02:00"), 1714558272);
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), 0);
+        assert_eq!(parse_rfc3339("junk"), 0);
+    }
+}

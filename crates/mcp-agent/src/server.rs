@@ -1,0 +1,195 @@
+//! The agent's gRPC service (`mcp.agent.v1.Agent`): converts wire requests to domain
+//! values, calls the node, and maps its errors to gRPC status codes, in one place.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use mcp_proto::agent::v1::{self as wire, agent_server::Agent};
+use mcp_proto::tonic::{self, Request, Response, Status};
+use mcp_types::ServiceDef;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use crate::node::{Node, NodeError};
+
+/// The service implementation.
+pub struct AgentService {
+    pub node: Arc<Node>,
+}
+
+/// The one mapping from node errors to gRPC statuses.
+pub fn status_of(error: NodeError) -> Status {
+    match error {
+        NodeError::NotFound(_) => Status::not_found(error.to_string()),
+        NodeError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        NodeError::Step(e) => Status::aborted(e.to_string()),
+        NodeError::Internal(e) => Status::internal(format!("{e:#}")),
+    }
+}
+
+fn check_name(service: &str) -> Result<(), Status> {
+    mcp_types::name::check_dns_label(service)
+        .map_err(|e| Status::invalid_argument(format!("service: {e}")))
+}
+
+type EventStream = ReceiverStream<Result<wire::DeployEvent, Status>>;
+type LogStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<wire::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type DeployStream = EventStream;
+    type LogsStream = LogStream;
+
+    async fn deploy(
+        &self,
+        request: Request<wire::DeployRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let spec = request
+            .into_inner()
+            .service
+            .ok_or_else(|| Status::invalid_argument("service: missing"))?;
+        let def =
+            ServiceDef::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let (events_tx, mut events_rx) = mpsc::channel::<wire::DeployEvent>(256);
+        let node = self.node.clone();
+        let span = tracing::info_span!("deploy", node = %node.name, service = %def.name);
+        tokio::spawn(
+            async move {
+                let service = def.name.clone();
+                let forward = {
+                    let out_tx = out_tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(event) = events_rx.recv().await {
+                            let _ = out_tx.send(Ok(event)).await;
+                        }
+                    })
+                };
+                // The deploy runs to its end even if the caller goes away.
+                let result = node.deploy(def, &events_tx).await;
+                drop(events_tx);
+                let _ = forward.await;
+                match result {
+                    Ok(status) => {
+                        tracing::info!(node = %node.name, service = %service, "deployed");
+                        let _ = out_tx
+                            .send(Ok(wire::DeployEvent {
+                                event: Some(wire::deploy_event::Event::Done(status)),
+                            }))
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, service = %service, "deploy failed: {e}");
+                        let _ = out_tx.send(Err(status_of(e))).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+
+    async fn stop(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::ServiceReply>, Status> {
+        let service = request.into_inner().service;
+        check_name(&service)?;
+        let status = self.node.stop(&service).await.map_err(status_of)?;
+        tracing::info!(node = %self.node.name, service = %service, "stopped");
+        Ok(Response::new(wire::ServiceReply {
+            status: Some(status),
+        }))
+    }
+
+    async fn start(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::ServiceReply>, Status> {
+        let service = request.into_inner().service;
+        check_name(&service)?;
+        let status = self.node.start(&service).await.map_err(status_of)?;
+        tracing::info!(node = %self.node.name, service = %service, "started");
+        Ok(Response::new(wire::ServiceReply {
+            status: Some(status),
+        }))
+    }
+
+    async fn restart(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::ServiceReply>, Status> {
+        let service = request.into_inner().service;
+        check_name(&service)?;
+        let status = self.node.restart(&service).await.map_err(status_of)?;
+        tracing::info!(node = %self.node.name, service = %service, "restarted");
+        Ok(Response::new(wire::ServiceReply {
+            status: Some(status),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::RemoveReply>, Status> {
+        let service = request.into_inner().service;
+        check_name(&service)?;
+        self.node.remove(&service).await.map_err(status_of)?;
+        tracing::info!(node = %self.node.name, service = %service, "removed");
+        Ok(Response::new(wire::RemoveReply { service }))
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<wire::ListServicesRequest>,
+    ) -> Result<Response<wire::ListServicesReply>, Status> {
+        let services = self
+            .node
+            .statuses()
+            .await
+            .map_err(|e| status_of(e.into()))?;
+        Ok(Response::new(wire::ListServicesReply { services }))
+    }
+
+    async fn logs(
+        &self,
+        request: Request<wire::LogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        check_name(&r.service)?;
+        if !r.component.is_empty() {
+            mcp_types::name::check_dns_label(&r.component)
+                .map_err(|e| Status::invalid_argument(format!("component: {e}")))?;
+        }
+        let streams = self
+            .node
+            .logs(&r.service, &r.component, r.follow, r.tail)
+            .await
+            .map_err(status_of)?;
+        let merged =
+            futures_util::stream::select_all(streams.into_iter().map(|(component, stream)| {
+                stream.map(move |chunk| {
+                    chunk
+                        .map(|c| wire::LogChunk {
+                            component: component.clone(),
+                            stream: c.stream.to_string(),
+                            data: c.data,
+                        })
+                        .map_err(|e| Status::internal(format!("{e:#}")))
+                })
+            }));
+        Ok(Response::new(Box::pin(merged)))
+    }
+
+    async fn probe(
+        &self,
+        _request: Request<wire::ProbeRequest>,
+    ) -> Result<Response<wire::ProbeReply>, Status> {
+        Ok(Response::new(wire::ProbeReply {
+            node: self.node.name.clone(),
+            version: crate::VERSION.to_string(),
+        }))
+    }
+}

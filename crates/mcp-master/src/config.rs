@@ -1,0 +1,205 @@
+//! `master.toml`: parsed purely from a string and validated before any socket is bound.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use mcp_types::duration::serde_duration;
+use serde::Deserialize;
+
+/// A node the master probes at start, before it has registered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapNode {
+    pub name: String,
+    pub address: String,
+}
+
+/// An operator role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    Admin,
+    Viewer,
+}
+
+/// An operator account.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub password_hash: String,
+    pub role: UserRole,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("password_hash", &"[redacted]")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// The master's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The master node: `tier = "core"` services go here.
+    pub node: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub domain: String,
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    #[serde(default = "default_heartbeat", with = "serde_duration")]
+    pub heartbeat_interval: Duration,
+    #[serde(default = "default_missed")]
+    pub missed_heartbeats: u32,
+    #[serde(default = "default_probe", with = "serde_duration")]
+    pub probe_timeout: Duration,
+    #[serde(default)]
+    pub bootstrap_nodes: Vec<BootstrapNode>,
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_probe() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Config {
+    /// Parses and validates `master.toml` text. `origin` names the file in errors.
+    pub fn parse(origin: &str, text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).with_context(|| format!("parse {origin}"))?;
+        config
+            .validate()
+            .with_context(|| format!("check {origin}"))?;
+        Ok(config)
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        mcp_types::name::check_dns_label(&self.node).map_err(|e| anyhow::anyhow!("node: {e}"))?;
+        mcp_types::name::check_hostname(&self.domain)
+            .map_err(|e| anyhow::anyhow!("domain: {e}"))?;
+        for d in &self.allowed_domains {
+            mcp_types::name::check_hostname(d)
+                .map_err(|e| anyhow::anyhow!("allowed_domains: {e}"))?;
+        }
+        if self.heartbeat_interval.is_zero() {
+            bail!("heartbeat_interval: must be above zero");
+        }
+        if self.probe_timeout.is_zero() {
+            bail!("probe_timeout: must be above zero");
+        }
+        if self.missed_heartbeats == 0 {
+            bail!("missed_heartbeats: must be at least 1");
+        }
+        for b in &self.bootstrap_nodes {
+            mcp_types::name::check_dns_label(&b.name)
+                .map_err(|e| anyhow::anyhow!("bootstrap_nodes: {e}"))?;
+            mcp_proto::transport::uri_for(&b.address).context("bootstrap_nodes")?;
+        }
+        for (name, user) in &self.users {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!("users.{name}: user names are 1-64 of [A-Za-z0-9-_.]");
+            }
+            if !user.password_hash.starts_with("$argon2") {
+                bail!("users.{name}.password_hash: expected an argon2 hash (mcp-master hash-password)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Is `hostname` equal to, or a subdomain of, an allowed domain?
+    pub fn hostname_allowed(&self, hostname: &str) -> bool {
+        self.allowed_domains.iter().any(|d| {
+            hostname == d
+                || hostname
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+node = "rift"
+listen = "127.0.0.11:9443"
+data_dir = "/srv/mcp/master"
+domain = "metacircular.net"
+allowed_domains = ["metacircular.net", "wntrmute.net"]
+heartbeat_interval = "30s"
+missed_heartbeats = 3
+probe_timeout = "5s"
+bootstrap_nodes = [{ name = "svc", address = "127.0.0.14:9444" }]
+[users.kyle]
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$abc$def"
+role = "admin"
+"#;
+
+    #[test]
+    fn parses_the_spec_example() {
+        let c = Config::parse("master.toml", GOOD).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.probe_timeout, Duration::from_secs(5));
+        assert_eq!(c.users["kyle"].role, UserRole::Admin);
+        assert!(
+            !format!("{c:?}").contains("argon2id"),
+            "hash must not print"
+        );
+        assert!(c.hostname_allowed("metacircular.net"));
+        assert!(c.hostname_allowed("photos.wntrmute.net"));
+        assert!(!c.hostname_allowed("evilmetacircular.net"));
+        assert!(!c.hostname_allowed("example.org"));
+    }
+
+    #[test]
+    fn short_durations_parse() {
+        let c = Config::parse("m", &GOOD.replace("\"30s\"", "\"250ms\"")).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        let cases = [
+            (
+                GOOD.replace("probe_timeout", "probe_timeoutt"),
+                "unknown field",
+            ),
+            (GOOD.replace("\"30s\"", "\"30\""), "heartbeat_interval"),
+            (
+                GOOD.replace("missed_heartbeats = 3", "missed_heartbeats = 0"),
+                "missed_heartbeats",
+            ),
+            (GOOD.replace("\"rift\"", "\"Rift!\""), "node:"),
+            (GOOD.replace("$argon2id", "plain"), "argon2"),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", Config::parse("master.toml", &text).unwrap_err());
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `mcp-master`: the live node registry, health, placement, deploy coordination and
+//! fleet-wide status. It keeps nothing durable but its config (and, later, the fleet
+//! CA): after a restart the agents re-register and its view is whole again.
+
+pub mod config;
+pub mod health;
+pub mod placement;
+pub mod registry;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mcp_proto::master::v1::master_server::MasterServer;
+use mcp_proto::transport::{ClientTransport, ServerTransport};
+
+use crate::config::Config;
+use crate::service::{MasterService, MasterState};
+
+/// This master's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the master until `shutdown` becomes true.
+pub async fn run(
+    config: Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Runs the master on a bound listener (tests bind first to learn the port).
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        node = %config.node,
+        listen = %config.listen,
+        heartbeat_interval = ?config.heartbeat_interval,
+        missed_heartbeats = config.missed_heartbeats,
+        probe_timeout = ?config.probe_timeout,
+        users = config.users.len(),
+        "master starting"
+    );
+    let state = Arc::new(MasterState {
+        registry: registry::Registry::default(),
+        transport: ClientTransport {
+            connect_timeout: Some(config.probe_timeout.min(Duration::from_secs(5))),
+            request_timeout: None,
+        },
+        config,
+    });
+    let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut stop = shutdown.clone();
+    ServerTransport::default()
+        .server()
+        .add_service(MasterServer::new(MasterService { state }))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serve master RPCs")?;
+    let _ = health.await;
+    Ok(())
+}

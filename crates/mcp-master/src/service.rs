@@ -1,0 +1,566 @@
+//! The master's gRPC service (`mcp.master.v1.Master`): registration and heartbeats from
+//! agents; deploy and lifecycle commands from operators, carried to the agent that runs
+//! (or will run) each service. Agent errors are mapped here, in one place.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mcp_proto::agent::v1 as agent;
+use mcp_proto::agent::v1::agent_client::AgentClient;
+use mcp_proto::master::v1::{self as wire, master_server::Master};
+use mcp_proto::tonic::{self, Code, Request, Response, Status};
+use mcp_proto::transport::ClientTransport;
+use mcp_types::ServiceDef;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::Config;
+use crate::placement::{self, Candidate};
+use crate::registry::{NodeEntry, NodeState, Registry};
+
+/// Shared master state.
+pub struct MasterState {
+    pub config: Config,
+    pub registry: Registry,
+    pub transport: ClientTransport,
+}
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct MasterService {
+    pub state: Arc<MasterState>,
+}
+
+/// An agent's error as the operator should see it. The CLI reads `Unavailable` as "the
+/// master could not be reached", so an unreachable agent becomes FailedPrecondition.
+pub fn from_agent(node: &str, status: Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => {
+            Status::failed_precondition(format!("node {node} did not answer: {}", status.message()))
+        }
+        Code::Unauthenticated | Code::PermissionDenied => Status::failed_precondition(format!(
+            "node {node} refused the master: {}",
+            status.message()
+        )),
+        code => Status::new(code, format!("node {node}: {}", status.message())),
+    }
+}
+
+fn check_name(service: &str) -> Result<(), Status> {
+    mcp_types::name::check_dns_label(service)
+        .map_err(|e| Status::invalid_argument(format!("service: {e}")))
+}
+
+impl MasterService {
+    fn node_for(&self, service: &str) -> Result<NodeEntry, Status> {
+        let registry = &self.state.registry;
+        let name = registry
+            .locate(service)
+            .ok_or_else(|| Status::not_found(format!("no service {service:?} is deployed")))?;
+        registry
+            .node(&name)
+            .ok_or_else(|| Status::not_found(format!("node {name} is not registered")))
+    }
+
+    fn require(&self, node: &NodeEntry, rpc: &str) -> Result<(), Status> {
+        if node.supports(rpc) {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "node {} runs mcp-agent {}, which lacks {rpc}; run `mcp agent upgrade {}`",
+                node.name, node.version, node.name
+            )))
+        }
+    }
+
+    /// Asks every worker for its services, concurrently; a node that does not answer
+    /// keeps what it last reported.
+    async fn refresh(&self) {
+        let nodes = self.state.registry.nodes();
+        let calls = nodes
+            .into_iter()
+            .filter(|n| n.role == "worker" && n.state != NodeState::Unhealthy)
+            .map(|n| async move {
+                let mut client = n.client.clone();
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.list_services(agent::ListServicesRequest {}),
+                )
+                .await;
+                (n.name, reply)
+            });
+        for (name, reply) in futures_util::future::join_all(calls).await {
+            if let Ok(Ok(reply)) = reply {
+                self.state
+                    .registry
+                    .set_services(&name, reply.into_inner().services);
+            }
+        }
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.state
+            .registry
+            .nodes()
+            .into_iter()
+            .map(|n| Candidate {
+                healthy: n.state == NodeState::Healthy,
+                memory_free: n.resources.memory_free,
+                name: n.name,
+                role: n.role,
+                arch: n.arch,
+                pools: n.pools,
+            })
+            .collect()
+    }
+
+    /// Deploys one service: place, call the agent, forward its events, record the
+    /// result, and remove it from a node it moved away from.
+    async fn deploy_one(
+        &self,
+        def: ServiceDef,
+        out: &mpsc::Sender<Result<wire::DeployEvent, Status>>,
+    ) -> Result<(), Status> {
+        let registry = &self.state.registry;
+        let current = registry.locate(&def.name);
+        let target = placement::place(
+            &def,
+            &self.candidates(),
+            current.as_deref(),
+            &self.state.config.node,
+        )
+        .map_err(Status::failed_precondition)?;
+        let node = registry
+            .node(&target)
+            .ok_or_else(|| Status::failed_precondition(format!("node {target} vanished")))?;
+        self.require(&node, "Deploy")?;
+        let reason = match &current {
+            Some(c) if c == &target => "stays where it runs".to_string(),
+            Some(c) => format!("moves from {c}"),
+            None => "placed".to_string(),
+        };
+        registry.event(&target, format!("deploy {} ({reason})", def.name));
+        let _ = out
+            .send(Ok(wire::DeployEvent {
+                service: def.name.clone(),
+                node: target.clone(),
+                event: Some(wire::deploy_event::Event::Placed(wire::Placed { reason })),
+            }))
+            .await;
+        let mut client = node.client.clone();
+        let mut stream = client
+            .deploy(agent::DeployRequest {
+                service: Some(agent::ServiceSpec::from(&def)),
+            })
+            .await
+            .map_err(|s| from_agent(&target, s))?
+            .into_inner();
+        let mut done = None;
+        while let Some(item) = stream.next().await {
+            let event = item.map_err(|s| from_agent(&target, s))?;
+            if let Some(agent::deploy_event::Event::Done(status)) = &event.event {
+                done = Some(status.clone());
+            }
+            let _ = out
+                .send(Ok(wire::DeployEvent {
+                    service: def.name.clone(),
+                    node: target.clone(),
+                    event: Some(wire::deploy_event::Event::Agent(event)),
+                }))
+                .await;
+        }
+        let status = done.ok_or_else(|| {
+            Status::aborted(format!(
+                "node {target}: deploy of {} ended without a result",
+                def.name
+            ))
+        })?;
+        registry.set_service(&target, &def.name, Some(status));
+        if let Some(old) = current.filter(|c| c != &target) {
+            if let Some(old_node) = registry.node(&old) {
+                let mut client = old_node.client.clone();
+                match client
+                    .remove(agent::ServiceRequest {
+                        service: def.name.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => registry.set_service(&old, &def.name, None),
+                    Err(s) => registry.event(
+                        &old,
+                        format!(
+                            "remove {} after its move to {target}: {}",
+                            def.name,
+                            s.message()
+                        ),
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn lifecycle(
+        &self,
+        service: String,
+        rpc: &'static str,
+    ) -> Result<agent::ServiceStatus, Status> {
+        check_name(&service)?;
+        let node = self.node_for(&service)?;
+        self.require(&node, rpc)?;
+        let mut client = node.client.clone();
+        let request = agent::ServiceRequest {
+            service: service.clone(),
+        };
+        let reply = match rpc {
+            "Stop" => client.stop(request).await,
+            "Start" => client.start(request).await,
+            _ => client.restart(request).await,
+        }
+        .map_err(|s| from_agent(&node.name, s))?
+        .into_inner();
+        let status = reply
+            .status
+            .ok_or_else(|| Status::internal(format!("node {}: empty reply", node.name)))?;
+        self.state
+            .registry
+            .set_service(&node.name, &service, Some(status.clone()));
+        self.state
+            .registry
+            .event(&node.name, format!("{} {service}", rpc.to_lowercase()));
+        Ok(status)
+    }
+}
+
+type DeployStream = ReceiverStream<Result<wire::DeployEvent, Status>>;
+type LogStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<agent::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Master for MasterService {
+    type DeployStream = DeployStream;
+    type LogsStream = LogStream;
+
+    async fn register(
+        &self,
+        request: Request<wire::RegisterRequest>,
+    ) -> Result<Response<wire::RegisterReply>, Status> {
+        let r = request.into_inner();
+        mcp_types::name::check_dns_label(&r.name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        if r.role != "worker" && r.role != "edge" {
+            return Err(Status::invalid_argument(format!(
+                "role: unknown role {:?}",
+                r.role
+            )));
+        }
+        r.arch
+            .parse::<mcp_types::Arch>()
+            .map_err(|_| Status::invalid_argument(format!("arch: unknown arch {:?}", r.arch)))?;
+        for pool in &r.pools {
+            mcp_types::name::check_dns_label(pool)
+                .map_err(|e| Status::invalid_argument(format!("pools: {e}")))?;
+        }
+        let channel = self
+            .state
+            .transport
+            .lazy(&r.address)
+            .map_err(|e| Status::invalid_argument(format!("address: {e}")))?;
+        let registry = &self.state.registry;
+        let known = registry.node(&r.name);
+        let entry = NodeEntry {
+            name: r.name.clone(),
+            role: r.role,
+            address: r.address.clone(),
+            arch: r.arch,
+            version: r.version,
+            rpcs: r.rpcs,
+            pools: r.pools,
+            resources: r.resources.unwrap_or_default(),
+            containers: r
+                .services
+                .iter()
+                .flat_map(|s| &s.components)
+                .filter(|c| c.observed == "running")
+                .count() as u32,
+            state: NodeState::Healthy,
+            last_heartbeat: Instant::now(),
+            last_probe: None,
+            digest: String::new(),
+            services: r.services,
+            client: match &known {
+                Some(k) if k.address == r.address => k.client.clone(),
+                _ => AgentClient::new(channel),
+            },
+        };
+        registry.write().insert(r.name.clone(), entry);
+        match known {
+            None => registry.event(&r.name, format!("registered from {}", r.address)),
+            Some(k) if k.state != NodeState::Healthy => registry.event(
+                &r.name,
+                format!("{} -> healthy: registered", k.state.as_str()),
+            ),
+            Some(_) => {}
+        }
+        Ok(Response::new(wire::RegisterReply {
+            master_node: self.state.config.node.clone(),
+            heartbeat_interval_ms: self.state.config.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<wire::HeartbeatRequest>,
+    ) -> Result<Response<wire::HeartbeatReply>, Status> {
+        let r = request.into_inner();
+        let registry = &self.state.registry;
+        let send_full_state = {
+            let mut nodes = registry.write();
+            let Some(entry) = nodes.get_mut(&r.name) else {
+                return Err(Status::not_found(format!(
+                    "node {} is not registered; register first",
+                    r.name
+                )));
+            };
+            if let Some(resources) = r.resources {
+                entry.resources = resources;
+            }
+            entry.containers = r.containers;
+            let changed = !entry.digest.is_empty() && entry.digest != r.state_digest;
+            entry.digest = r.state_digest;
+            changed
+        };
+        registry.heal(&r.name);
+        Ok(Response::new(wire::HeartbeatReply { send_full_state }))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<wire::DeployRequest>,
+    ) -> Result<Response<DeployStream>, Status> {
+        let r = request.into_inner();
+        if r.definitions.is_empty() {
+            return Err(Status::invalid_argument("no definitions given"));
+        }
+        let mut defs = Vec::new();
+        let mut problems = Vec::new();
+        for d in &r.definitions {
+            match mcp_types::parse_definition(&d.file, &d.toml) {
+                Ok(def) => defs.push(def),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        for def in &defs {
+            for c in &def.components {
+                for route in c.routes.iter().filter(|r| r.public) {
+                    if let Some(host) = &route.hostname {
+                        if !self.state.config.hostname_allowed(host) {
+                            problems.push(format!(
+                                "{}: components.{}.routes.{}.hostname: {host} is not in allowed_domains [{}]",
+                                def.name,
+                                c.name,
+                                route.name,
+                                self.state.config.allowed_domains.join(", ")
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(problems.join("\n")));
+        }
+        let mut names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+        names.sort();
+        if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Status::invalid_argument(format!(
+                "service {:?} is given twice",
+                dup[0]
+            )));
+        }
+        let registry = &self.state.registry;
+        let order =
+            mcp_types::order_by_dependencies(&defs, &|name| registry.locate(name).is_some())
+                .map_err(Status::invalid_argument)?;
+        let mut ordered: Vec<Option<ServiceDef>> = defs.into_iter().map(Some).collect();
+        let ordered: Vec<ServiceDef> = order
+            .into_iter()
+            .filter_map(|i| ordered.get_mut(i).and_then(Option::take))
+            .collect();
+        let (tx, rx) = mpsc::channel(256);
+        let this = self.clone();
+        tokio::spawn(async move {
+            for def in ordered {
+                let name = def.name.clone();
+                if let Err(status) = this.deploy_one(def, &tx).await {
+                    tracing::warn!(service = %name, "deploy failed: {}", status.message());
+                    let _ = tx
+                        .send(Err(Status::new(
+                            status.code(),
+                            format!("deploy {name}: {}", status.message()),
+                        )))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn stop(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::ServiceReply>, Status> {
+        let status = self.lifecycle(request.into_inner().service, "Stop").await?;
+        Ok(Response::new(wire::ServiceReply {
+            status: Some(status),
+        }))
+    }
+
+    async fn start(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::ServiceReply>, Status> {
+        let status = self
+            .lifecycle(request.into_inner().service, "Start")
+            .await?;
+        Ok(Response::new(wire::ServiceReply {
+            status: Some(status),
+        }))
+    }
+
+    async fn restart(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::ServiceReply>, Status> {
+        let status = self
+            .lifecycle(request.into_inner().service, "Restart")
+            .await?;
+        Ok(Response::new(wire::ServiceReply {
+            status: Some(status),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<wire::ServiceRequest>,
+    ) -> Result<Response<wire::RemoveReply>, Status> {
+        let service = request.into_inner().service;
+        check_name(&service)?;
+        let node = self.node_for(&service)?;
+        self.require(&node, "Remove")?;
+        let mut client = node.client.clone();
+        client
+            .remove(agent::ServiceRequest {
+                service: service.clone(),
+            })
+            .await
+            .map_err(|s| from_agent(&node.name, s))?;
+        self.state.registry.set_service(&node.name, &service, None);
+        self.state
+            .registry
+            .event(&node.name, format!("removed {service}"));
+        Ok(Response::new(wire::RemoveReply {
+            service,
+            node: node.name,
+        }))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<wire::ListRequest>,
+    ) -> Result<Response<wire::ListReply>, Status> {
+        self.refresh().await;
+        let mut services: Vec<agent::ServiceStatus> = self
+            .state
+            .registry
+            .nodes()
+            .into_iter()
+            .flat_map(|n| n.services)
+            .collect();
+        services.sort_by(|a, b| (&a.name, &a.node).cmp(&(&b.name, &b.node)));
+        Ok(Response::new(wire::ListReply { services }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<wire::StatusRequest>,
+    ) -> Result<Response<wire::StatusReply>, Status> {
+        let r = request.into_inner();
+        self.refresh().await;
+        let nodes: Vec<NodeEntry> = self.state.registry.nodes();
+        let mut services: Vec<agent::ServiceStatus> =
+            nodes.iter().flat_map(|n| n.services.clone()).collect();
+        if let Some(name) = &r.service {
+            check_name(name)?;
+            services.retain(|s| &s.name == name);
+            if services.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no service {name:?} is deployed"
+                )));
+            }
+        }
+        services.sort_by(|a, b| (&a.name, &a.node).cmp(&(&b.name, &b.node)));
+        let events = self
+            .state
+            .registry
+            .events()
+            .into_iter()
+            .filter(|e| {
+                r.service
+                    .as_ref()
+                    .is_none_or(|s| e.message.contains(s.as_str()))
+            })
+            .map(|e| wire::Event {
+                at_ms: e.at_ms,
+                node: e.node,
+                message: e.message,
+            })
+            .collect();
+        Ok(Response::new(wire::StatusReply {
+            nodes: nodes.iter().map(NodeEntry::to_wire).collect(),
+            services,
+            events,
+        }))
+    }
+
+    async fn logs(
+        &self,
+        request: Request<wire::LogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        check_name(&r.service)?;
+        let node = self.node_for(&r.service)?;
+        self.require(&node, "Logs")?;
+        let mut client = node.client.clone();
+        let name = node.name.clone();
+        let stream = client
+            .logs(agent::LogsRequest {
+                service: r.service,
+                component: r.component,
+                follow: r.follow,
+                tail: r.tail,
+            })
+            .await
+            .map_err(|s| from_agent(&name, s))?
+            .into_inner();
+        Ok(Response::new(Box::pin(
+            stream.map(move |item| item.map_err(|s| from_agent(&name, s))),
+        )))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<wire::ListNodesRequest>,
+    ) -> Result<Response<wire::ListNodesReply>, Status> {
+        let nodes = self
+            .state
+            .registry
+            .nodes()
+            .iter()
+            .map(NodeEntry::to_wire)
+            .collect();
+        Ok(Response::new(wire::ListNodesReply { nodes }))
+    }
+}

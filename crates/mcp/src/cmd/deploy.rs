@@ -1,0 +1,159 @@
+//! `mcp deploy FILE|DIR|NAME...`: validate locally, send to the master, show progress
+//! (bars for image pulls, a line per step), end with what runs where.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mcp_proto::agent::v1::deploy_event::Event as AgentEvent;
+use mcp_proto::master::v1::{deploy_event::Event, Definition, DeployRequest};
+
+use crate::error::CliError;
+use crate::{client, output, Ctx};
+
+/// The definition files a target names: a file, every `*.toml` in a directory, or
+/// `services/NAME.toml` beside the CLI config.
+fn files_of(ctx: &Ctx, target: &str) -> Result<Vec<PathBuf>, CliError> {
+    let path = Path::new(target);
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| CliError::usage(format!("{target}: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(CliError::usage(format!(
+                "{target}: no *.toml definitions in this directory"
+            )));
+        }
+        return Ok(files);
+    }
+    if mcp_types::name::check_dns_label(target).is_ok() {
+        if let Some(dir) = &ctx.config_dir {
+            let candidate = dir.join("services").join(format!("{target}.toml"));
+            if candidate.is_file() {
+                return Ok(vec![candidate]);
+            }
+        }
+    }
+    Err(CliError::usage(format!(
+        "{target}: no such file or directory, and no services/{target}.toml beside the CLI config"
+    )))
+}
+
+pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
+    let mut definitions = Vec::new();
+    let mut problems = Vec::new();
+    let mut names = Vec::new();
+    for target in targets {
+        for file in files_of(ctx, target)? {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", file.display())))?;
+            let shown = file.display().to_string();
+            match mcp_types::parse_definition(&shown, &text) {
+                Ok(def) => names.push(def.name),
+                Err(e) => problems.push(e.to_string()),
+            }
+            definitions.push(Definition {
+                file: shown,
+                toml: text,
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CliError::usage(problems.join("\n")));
+    }
+    let mut master = client::master(ctx).await?;
+    let mut stream = master
+        .deploy(DeployRequest { definitions })
+        .await?
+        .into_inner();
+
+    let show = !ctx.json && !ctx.quiet;
+    let bars = MultiProgress::with_draw_target(if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let style =
+        ProgressStyle::with_template("  {prefix:<28} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let mut pulls: HashMap<(String, String), ProgressBar> = HashMap::new();
+    let mut failure = None;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(status) => {
+                failure = Some(CliError::from(status));
+                break;
+            }
+        };
+        let who = format!("{}@{}", event.service, event.node);
+        match event.event {
+            Some(Event::Placed(p)) if show => {
+                let _ = bars.println(format!(
+                    "{}: on {} ({})",
+                    event.service, event.node, p.reason
+                ));
+            }
+            Some(Event::Agent(a)) => match a.event {
+                Some(AgentEvent::Step(s)) if show => {
+                    let target = if s.component.is_empty() {
+                        who.clone()
+                    } else {
+                        format!("{}/{}@{}", event.service, s.component, event.node)
+                    };
+                    let _ = bars.println(format!("  {target:<28} {:<8} {}", s.step, s.message));
+                }
+                Some(AgentEvent::Pull(p)) if show => {
+                    let key = (event.service.clone(), p.component.clone());
+                    let bar = pulls.entry(key).or_insert_with(|| {
+                        let bar = bars.add(ProgressBar::new(p.total.max(1)));
+                        bar.set_style(style.clone());
+                        bar.set_prefix(format!("{}/{} pull", event.service, p.component));
+                        bar
+                    });
+                    if p.total > 0 {
+                        bar.set_length(p.total);
+                        bar.set_position(p.current.min(p.total));
+                    }
+                    bar.set_message(p.status);
+                }
+                Some(AgentEvent::Done(_)) => {
+                    if let Some(bar) = pulls.get(&(event.service.clone(), String::new())) {
+                        bar.finish();
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    for bar in pulls.values() {
+        bar.finish_and_clear();
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    // What runs where now, for the deployed services.
+    let services: Vec<_> = master
+        .list(mcp_proto::master::v1::ListRequest {})
+        .await?
+        .into_inner()
+        .services
+        .into_iter()
+        .filter(|s| names.contains(&s.name))
+        .collect();
+    if ctx.json {
+        ctx.print_json(&output::list_json(&services));
+    } else if !ctx.quiet {
+        print!("{}", output::list_table(&services));
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! One module per subcommand.
+
+pub mod deploy;
+pub mod lifecycle;
+pub mod list;
+pub mod logs;
+pub mod node;
+pub mod ps;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,169 @@
+//! `mcp`: the operator's command-line interface. Each subcommand lives in `cmd/`;
+//! everything printed as data goes through `output`; exit codes come from `error`.
+
+mod client;
+mod cmd;
+mod config;
+mod error;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+#[derive(Parser)]
+#[command(
+    name = "mcp",
+    version,
+    about = "Metacircular Control Plane: deploy and run services across a fleet"
+)]
+struct Cli {
+    /// The master's address (host:port); else MCP_MASTER; else the config's `master`.
+    #[arg(long, global = true, env = "MCP_MASTER")]
+    master: Option<String>,
+    /// The CLI config file [default: ~/.config/mcp/mcp.toml].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deploy or update services from definition files, directories or names.
+    Deploy {
+        #[arg(required = true, value_name = "FILE|DIR|NAME")]
+        targets: Vec<String>,
+    },
+    /// Stop a service wherever it runs.
+    Stop { service: String },
+    /// Start a stopped service.
+    Start { service: String },
+    /// Restart a service.
+    Restart { service: String },
+    /// Remove a service, its routes, DNS records and certificates.
+    Remove { service: String },
+    /// Services: node, tier, components running/desired, routes.
+    List,
+    /// Containers and processes fleet-wide.
+    Ps,
+    /// Fleet summary, or one service in detail with drift.
+    Status { service: Option<String> },
+    /// A service's logs.
+    Logs {
+        service: String,
+        /// Only this component.
+        #[arg(short = 'c', long)]
+        component: Option<String>,
+        /// Keep following.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u32>,
+    },
+    /// Nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Check definitions offline.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Every node: role, arch, version, health, heartbeat, resources, pools.
+    List,
+    /// One node in detail.
+    Show { node: String },
+}
+
+/// What every command needs: output mode, the master's address, the config.
+pub struct Ctx {
+    pub json: bool,
+    pub quiet: bool,
+    pub master: Option<String>,
+    pub config: config::Config,
+    /// Directory of the CLI config (where `services/NAME.toml` are looked up).
+    pub config_dir: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// Prints a `--json` value.
+    pub fn print_json(&self, value: &serde_json::Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_string())
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = run(cli);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.message, "code": e.code})
+                );
+            } else {
+                eprintln!("mcp: {}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let (config, config_dir) = config::Config::load(cli.config.as_deref())?;
+    let ctx = Ctx {
+        json: cli.json,
+        quiet: cli.quiet,
+        master: cli.master.or_else(|| config.master.clone()),
+        config,
+        config_dir,
+    };
+    if let Command::Validate { files } = &cli.command {
+        return cmd::validate::run(&ctx, files);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("start runtime: {e}")))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Deploy { targets } => cmd::deploy::run(&ctx, &targets).await,
+            Command::Stop { service } => cmd::lifecycle::run(&ctx, "stop", &service).await,
+            Command::Start { service } => cmd::lifecycle::run(&ctx, "start", &service).await,
+            Command::Restart { service } => cmd::lifecycle::run(&ctx, "restart", &service).await,
+            Command::Remove { service } => cmd::lifecycle::run(&ctx, "remove", &service).await,
+            Command::List => cmd::list::run(&ctx).await,
+            Command::Ps => cmd::ps::run(&ctx).await,
+            Command::Status { service } => cmd::status::run(&ctx, service).await,
+            Command::Logs {
+                service,
+                component,
+                follow,
+                tail,
+            } => cmd::logs::run(&ctx, &service, component, follow, tail).await,
+            Command::Node(NodeCommand::List) => cmd::node::list(&ctx).await,
+            Command::Node(NodeCommand::Show { node }) => cmd::node::show(&ctx, &node).await,
+            Command::Validate { .. } => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,316 @@
+//! Everything the CLI prints as data: tables for people and the stable `--json` shapes
+//! of SPEC §10, built from the wire types in one place.
+
+use mcp_proto::agent::v1::ServiceStatus;
+use mcp_proto::master::v1 as wire;
+use serde_json::{json, Value};
+
+/// A plain text table with a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86400);
+    let secs = unix.rem_euclid(86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// How long ago, for people: `3s`, `5m`, `2h`, `4d`.
+pub fn ago(seconds: i64) -> String {
+    match seconds {
+        s if s < 0 => "0s".to_string(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn tier_of(s: &ServiceStatus) -> String {
+    s.spec.as_ref().map_or_else(
+        || "worker".to_string(),
+        |spec| {
+            if spec.tier.is_empty() {
+                "worker".to_string()
+            } else {
+                spec.tier.clone()
+            }
+        },
+    )
+}
+
+fn desired_count(s: &ServiceStatus) -> usize {
+    s.components
+        .iter()
+        .filter(|c| c.desired == "running")
+        .count()
+}
+
+fn running_count(s: &ServiceStatus) -> usize {
+    s.components
+        .iter()
+        .filter(|c| c.observed == "running")
+        .count()
+}
+
+/// `list --json`: one object per service.
+pub fn list_json(services: &[ServiceStatus]) -> Value {
+    Value::Array(
+        services
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "node": s.node,
+                    "tier": tier_of(s),
+                    "desired": desired_count(s),
+                    "running": running_count(s),
+                    "state": s.desired,
+                    "routes": s.components.iter().flat_map(|c| c.routes.iter().map(move |r| json!({
+                        "component": c.name,
+                        "name": r.name,
+                        "address": r.address,
+                        "public": r.public,
+                        "hostname": r.hostname,
+                        "mode": r.mode,
+                        "port": r.port,
+                    }))).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn list_table(services: &[ServiceStatus]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let routes: Vec<String> = s
+                .components
+                .iter()
+                .flat_map(|c| c.routes.iter())
+                .map(|r| match (&r.hostname, r.public) {
+                    (Some(h), true) => format!("https://{h} -> {}", r.address),
+                    _ => format!("{} {}", r.name, r.address),
+                })
+                .collect();
+            vec![
+                s.name.clone(),
+                s.node.clone(),
+                tier_of(s),
+                format!("{}/{}", running_count(s), desired_count(s)),
+                routes.join(", "),
+            ]
+        })
+        .collect();
+    table(&["SERVICE", "NODE", "TIER", "RUNNING", "ROUTES"], &rows)
+}
+
+/// `ps --json`: one object per component instance.
+pub fn ps_json(services: &[ServiceStatus]) -> Value {
+    Value::Array(
+        services
+            .iter()
+            .flat_map(|s| {
+                s.components.iter().map(move |c| {
+                    json!({
+                        "service": s.name,
+                        "component": c.name,
+                        "node": s.node,
+                        "state": c.observed,
+                        "desired": c.desired,
+                        "image": c.image,
+                        "started_at": (c.started_at > 0).then(|| rfc3339(c.started_at)),
+                        "driver": c.driver,
+                    })
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn ps_table(services: &[ServiceStatus]) -> String {
+    let now = now_unix();
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .flat_map(|s| {
+            s.components.iter().map(move |c| {
+                vec![
+                    s.name.clone(),
+                    c.name.clone(),
+                    s.node.clone(),
+                    c.observed.clone(),
+                    c.image.clone(),
+                    if c.started_at > 0 {
+                        ago(now - c.started_at)
+                    } else {
+                        "-".to_string()
+                    },
+                ]
+            })
+        })
+        .collect();
+    table(
+        &["SERVICE", "COMPONENT", "NODE", "STATE", "IMAGE", "UPTIME"],
+        &rows,
+    )
+}
+
+/// `node list --json`: one object per node.
+pub fn node_json(n: &wire::Node) -> Value {
+    let r = n.resources.unwrap_or_default();
+    json!({
+        "name": n.name,
+        "role": n.role,
+        "arch": n.arch,
+        "version": n.version,
+        "state": n.state,
+        "address": n.address,
+        "pools": n.pools,
+        "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago,
+        "cpu": r.cpu_used,
+        "cpu_cores": r.cpu_cores,
+        "memory": {"total": r.memory_total, "free": r.memory_free},
+        "disk": {"total": r.disk_total, "free": r.disk_free},
+        "containers": n.containers,
+        "rpcs": n.rpcs,
+    })
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1}GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+pub fn nodes_table(nodes: &[wire::Node]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let r = n.resources.unwrap_or_default();
+            vec![
+                n.name.clone(),
+                n.role.clone(),
+                n.arch.clone(),
+                n.version.clone(),
+                n.state.clone(),
+                n.address.clone(),
+                format!("{}ms", n.last_heartbeat_ms_ago),
+                format!("{:.0}% of {}", r.cpu_used * 100.0, r.cpu_cores),
+                format!("{} free of {}", gib(r.memory_free), gib(r.memory_total)),
+                format!("{} free of {}", gib(r.disk_free), gib(r.disk_total)),
+                n.pools.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "ROLE",
+            "ARCH",
+            "VERSION",
+            "STATE",
+            "ADDRESS",
+            "HEARTBEAT",
+            "CPU",
+            "MEMORY",
+            "DISK",
+            "POOLS",
+        ],
+        &rows,
+    )
+}
+
+/// One service in detail, with drift.
+pub fn service_json(s: &ServiceStatus) -> Value {
+    json!({
+        "name": s.name,
+        "node": s.node,
+        "tier": tier_of(s),
+        "desired": s.desired,
+        "drift": s.components.iter().any(|c| c.drift),
+        "components": s.components.iter().map(|c| json!({
+            "name": c.name,
+            "driver": c.driver,
+            "desired": c.desired,
+            "observed": c.observed,
+            "drift": c.drift,
+            "image": c.image,
+            "started_at": (c.started_at > 0).then(|| rfc3339(c.started_at)),
+            "detail": c.detail,
+            "routes": c.routes.iter().map(|r| json!({
+                "name": r.name, "port": r.port, "address": r.address, "mode": r.mode,
+                "public": r.public, "hostname": r.hostname,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn event_json(e: &wire::Event) -> Value {
+    json!({"at": rfc3339(e.at_ms / 1000), "at_ms": e.at_ms, "node": e.node, "message": e.message})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1714558272), "2024-05-01T10:11:12Z");
+        assert_eq!(ago(5), "5s");
+        assert_eq!(ago(600), "10m");
+    }
+
+    #[test]
+    fn tables_pad() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}
