@@ -102,7 +102,7 @@ impl FromStr for ByteSize {
         let scale = 10u128.pow(frac.len() as u32);
         let m = u128::from(multiplier);
         let frac_bytes_scaled = frac_value * m;
-        if frac_bytes_scaled % scale != 0 {
+        if !frac_bytes_scaled.is_multiple_of(scale) {
             return Err(format!("size {s:?} is not a whole number of bytes"));
         }
         let total = whole
@@ -120,7 +120,7 @@ impl fmt::Display for ByteSize {
             return f.write_str("0B");
         }
         for (unit, m) in [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-            if n % m == 0 {
+            if n.is_multiple_of(m) {
                 return write!(f, "{}{unit}", n / m);
             }
         }

@@ -1,0 +1,434 @@
+//! A real local fleet: writes the master's and each agent's config files, starts the
+//! real binaries as separate processes on their own loopback addresses, and stops
+//! them. Behind `mcp dev` and the process-level end-to-end tests, so both exercise
+//! exactly what an operator runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Where the `mcp`, `mcp-master` and `mcp-agent` binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// `MCP_BIN_DIR`, else the directory of the running executable (or its parent, for
+    /// test binaries in `target/<profile>/deps`).
+    pub fn find() -> anyhow::Result<Binaries> {
+        if let Some(dir) = std::env::var_os("MCP_BIN_DIR") {
+            return Ok(Binaries { dir: dir.into() });
+        }
+        let exe = std::env::current_exe().context("locate the running executable")?;
+        let mut dir = exe
+            .parent()
+            .context("executable has no directory")?
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        for name in ["mcp", "mcp-master", "mcp-agent"] {
+            if !dir.join(name).is_file() {
+                bail!(
+                    "{} not found in {}: run `cargo build --workspace --bins` first, or set MCP_BIN_DIR",
+                    name,
+                    dir.display()
+                );
+            }
+        }
+        Ok(Binaries { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// One node of the fleet.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    /// "worker" or "edge".
+    pub role: String,
+    /// Its own loopback address, e.g. 127.0.0.11.
+    pub ip: String,
+    pub arch: Option<String>,
+    pub pools: Vec<String>,
+}
+
+impl NodeSpec {
+    pub fn worker(name: &str, ip: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.to_string(),
+            role: "worker".to_string(),
+            ip: ip.to_string(),
+            arch: None,
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// The fleet to start.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub dir: PathBuf,
+    /// The master runs beside this node (the first node by default).
+    pub master_node: String,
+    pub master_ip: String,
+    pub nodes: Vec<NodeSpec>,
+    /// "docker", "podman" or "exec".
+    pub runtime: String,
+    pub runtime_socket: Option<PathBuf>,
+    pub heartbeat_interval: String,
+    pub missed_heartbeats: u32,
+    pub probe_timeout: String,
+    pub domain: String,
+    pub master_port: u16,
+    pub agent_port: u16,
+}
+
+impl FleetSpec {
+    /// One worker node that is also the master node.
+    pub fn single(dir: &Path, node: &str, ip: &str, runtime: &str) -> FleetSpec {
+        FleetSpec {
+            dir: dir.to_path_buf(),
+            master_node: node.to_string(),
+            master_ip: ip.to_string(),
+            nodes: vec![NodeSpec::worker(node, ip)],
+            runtime: runtime.to_string(),
+            runtime_socket: None,
+            heartbeat_interval: "500ms".to_string(),
+            missed_heartbeats: 3,
+            probe_timeout: "500ms".to_string(),
+            domain: "metacircular.net".to_string(),
+            master_port: 9443,
+            agent_port: 9444,
+        }
+    }
+
+    pub fn master_address(&self) -> String {
+        format!("{}:{}", self.master_ip, self.master_port)
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// A running process of the fleet.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A running fleet. Dropping it stops every process it started.
+pub struct Fleet {
+    pub spec: FleetSpec,
+    pub bin: Binaries,
+    pub master: Option<Proc>,
+    pub agents: BTreeMap<String, Proc>,
+}
+
+impl Fleet {
+    /// Writes the configs.
+    pub fn write_configs(spec: &FleetSpec) -> anyhow::Result<()> {
+        let dir = &spec.dir;
+        for sub in ["master", "logs", "pids", "srv"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("create {}", dir.join(sub).display()))?;
+        }
+        let master = format!(
+            "node = {}\nlisten = {}\ndata_dir = {}\ndomain = {}\nallowed_domains = [{}]\nheartbeat_interval = {}\nmissed_heartbeats = {}\nprobe_timeout = {}\n",
+            quote(&spec.master_node),
+            quote(&spec.master_address()),
+            quote(&dir.join("master").display().to_string()),
+            quote(&spec.domain),
+            quote(&spec.domain),
+            quote(&spec.heartbeat_interval),
+            spec.missed_heartbeats,
+            quote(&spec.probe_timeout),
+        );
+        std::fs::write(dir.join("master/master.toml"), master).context("write master.toml")?;
+        for node in &spec.nodes {
+            let node_dir = dir.join(&node.name);
+            std::fs::create_dir_all(&node_dir)
+                .with_context(|| format!("create {}", node_dir.display()))?;
+            let mut agent = format!(
+                "name = {}\nrole = {}\nmaster = {}\nlisten = {}\ndata_dir = {}\nsrv_root = {}\nruntime = {}\n",
+                quote(&node.name),
+                quote(&node.role),
+                quote(&spec.master_address()),
+                quote(&format!("{}:{}", node.ip, spec.agent_port)),
+                quote(&node_dir.join("data").display().to_string()),
+                quote(&dir.join("srv").join(&node.name).display().to_string()),
+                quote(&spec.runtime),
+            );
+            if let Some(socket) = &spec.runtime_socket {
+                agent.push_str(&format!(
+                    "runtime_socket = {}\n",
+                    quote(&socket.display().to_string())
+                ));
+            }
+            if let Some(arch) = &node.arch {
+                agent.push_str(&format!("arch = {}\n", quote(arch)));
+            }
+            if !node.pools.is_empty() {
+                let pools: Vec<String> = node.pools.iter().map(|p| quote(p)).collect();
+                agent.push_str(&format!("pools = [{}]\n", pools.join(", ")));
+            }
+            std::fs::write(node_dir.join("agent.toml"), agent).context("write agent.toml")?;
+        }
+        let cli = format!("master = {}\n", quote(&spec.master_address()));
+        std::fs::write(dir.join("mcp.toml"), cli).context("write mcp.toml")?;
+        Ok(())
+    }
+
+    /// Writes the configs, starts the master and every agent, and waits until every
+    /// node has registered.
+    pub fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
+        let bin = Binaries::find()?;
+        Fleet::write_configs(&spec)?;
+        let mut fleet = Fleet {
+            spec,
+            bin,
+            master: None,
+            agents: BTreeMap::new(),
+        };
+        fleet.start_master()?;
+        let names: Vec<String> = fleet.spec.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in &names {
+            fleet.start_agent(name)?;
+        }
+        fleet.wait_registered(&names, Duration::from_secs(20))?;
+        Ok(fleet)
+    }
+
+    fn spawn(&self, name: &str, program: &str, config: PathBuf) -> anyhow::Result<Proc> {
+        let log_path = self.spec.dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let child = Command::new(self.bin.path(program))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {program} for {name}"))?;
+        std::fs::write(
+            self.spec.dir.join("pids").join(format!("{name}.pid")),
+            child.id().to_string(),
+        )
+        .context("write pid file")?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    pub fn start_master(&mut self) -> anyhow::Result<()> {
+        let config = self.spec.dir.join("master/master.toml");
+        let proc = self.spawn("master", "mcp-master", config)?;
+        self.master = Some(proc);
+        Ok(())
+    }
+
+    /// Starts a node's agent and waits until it answers on its RPC address.
+    pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let node = self
+            .spec
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))?;
+        let address = format!("{}:{}", node.ip, self.spec.agent_port);
+        let config = self.spec.dir.join(name).join("agent.toml");
+        let mut proc = self.spawn(name, "mcp-agent", config)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                bail!(
+                    "agent {name} exited at start ({status}): {}",
+                    self.log(name)
+                );
+            }
+            if let Ok(addr) = address.parse() {
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                send_signal(proc.child.id(), libc::SIGKILL);
+                let _ = proc.child.wait();
+                bail!(
+                    "agent {name} did not listen on {address} within 20s: {}",
+                    self.log(name)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.agents.insert(name.to_string(), proc);
+        Ok(())
+    }
+
+    /// Sends `signal` to a process of the fleet ("master" or a node name) and, for
+    /// SIGKILL and SIGTERM, reaps it.
+    pub fn signal(&mut self, name: &str, signal: i32) -> anyhow::Result<()> {
+        let proc = if name == "master" {
+            self.master.as_mut()
+        } else {
+            self.agents.get_mut(name)
+        };
+        let proc = proc.with_context(|| format!("no process {name}"))?;
+        send_signal(proc.child.id(), signal);
+        if signal == libc::SIGKILL || signal == libc::SIGTERM {
+            let _ = proc.child.wait();
+            if name == "master" {
+                self.master = None;
+            } else {
+                self.agents.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the CLI against this fleet.
+    pub fn mcp(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(self.bin.path("mcp"));
+        command
+            .arg("--config")
+            .arg(self.spec.dir.join("mcp.toml"))
+            .args(args)
+            .env_remove("MCP_MASTER")
+            .stdin(Stdio::null());
+        match command.output() {
+            Ok(output) => output,
+            Err(e) => Output {
+                status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+                stdout: Vec::new(),
+                stderr: format!("cannot run mcp: {e}").into_bytes(),
+            },
+        }
+    }
+
+    /// Runs the CLI with `--json` and parses stdout, failing on a non-zero exit.
+    pub fn mcp_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.mcp(&all);
+        if !out.status.success() {
+            bail!(
+                "mcp {} exited {:?}: {}{}",
+                args.join(" "),
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parse output of mcp {}", args.join(" ")))
+    }
+
+    /// Waits until `names` are registered and healthy.
+    pub fn wait_registered(&self, names: &[String], within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok(nodes) = self.mcp_json(&["node", "list"]) {
+                let healthy: Vec<&str> = nodes
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| n["state"] == "healthy")
+                    .filter_map(|n| n["name"].as_str())
+                    .collect();
+                if names.iter().all(|n| healthy.contains(&n.as_str())) {
+                    return Ok(());
+                }
+                last = format!("healthy: {healthy:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "nodes {names:?} did not all register within {within:?} ({last}); logs in {}",
+            self.spec.dir.join("logs").display()
+        )
+    }
+
+    /// The text of a process's log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.spec.dir.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Stops every process: SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        let mut procs: Vec<Proc> = std::mem::take(&mut self.agents).into_values().collect();
+        procs.extend(self.master.take());
+        for proc in &procs {
+            send_signal(proc.child.id(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for mut proc in procs {
+            loop {
+                match proc.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = proc.child.kill();
+                        let _ = proc.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends a signal to a process this fleet started.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            // SAFETY: kill(2) has no memory-safety preconditions; pid is positive, so
+            // only that one process is signalled.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns Some or `within` passes.
+pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

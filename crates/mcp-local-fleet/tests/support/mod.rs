@@ -1,0 +1,196 @@
+//! Shared pieces of the end-to-end tests: the test image and binary, HTTP checks,
+//! and process inspection.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+pub use mcp_local_fleet::{eventually, Fleet, FleetSpec};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Builds the static hello-http server and imports `mcp-test/hello:1` into Docker (and
+/// through `podman_sock` when given); returns the binary's path.
+pub fn fixture(podman_sock: Option<&Path>) -> PathBuf {
+    let script = repo_root().join("tests/fixtures/hello-http/build.sh");
+    let mut command = Command::new("bash");
+    command.arg(&script);
+    if let Some(sock) = podman_sock {
+        command.arg("--podman-sock").arg(sock);
+    }
+    let out = command.output().expect("run build.sh");
+    assert!(
+        out.status.success(),
+        "build.sh failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("build.sh prints the binary path")
+            .trim(),
+    )
+}
+
+/// GET / on `address`; the body, or None when nothing answers.
+pub fn http_get(address: &str) -> Option<String> {
+    let addr = address.parse().ok()?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some(body.to_string())
+}
+
+/// Waits until `address` answers with a body containing `want`.
+pub fn serves(address: &str, want: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        http_get(address).filter(|b| b.contains(want))
+    })
+    .is_some()
+}
+
+/// Waits until nothing answers on `address`.
+pub fn silent(address: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        http_get(address).is_none().then_some(())
+    })
+    .is_some()
+}
+
+/// The published address of a service's first route, from `mcp list --json`.
+pub fn address_of(fleet: &Fleet, service: &str) -> String {
+    let list = fleet.mcp_json(&["list"]).unwrap();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("{service} not in {list}"));
+    entry["routes"][0]["address"].as_str().unwrap().to_string()
+}
+
+/// Runs the CLI and asserts its exit code, returning stdout.
+pub fn mcp_ok(fleet: &Fleet, args: &[&str]) -> String {
+    let out = fleet.mcp(args);
+    assert!(
+        out.status.success(),
+        "mcp {} exited {:?}\nstdout: {}\nstderr: {}\nagent logs: {}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        fleet
+            .spec
+            .nodes
+            .iter()
+            .map(|n| fleet.log(&n.name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// PIDs of processes whose environment holds `MCP_SERVICE=<service>` and whose
+/// command is `program`.
+pub fn processes_of(service: &str, program: &Path) -> Vec<u32> {
+    let needle = format!("MCP_SERVICE={service}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if first != program.as_os_str().as_encoded_bytes() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Container IDs carrying `mcp.service=<service>` on the engine behind `docker_host`.
+pub fn containers(service: &str, docker_host: Option<&Path>) -> Vec<String> {
+    let mut command = Command::new("docker");
+    if let Some(sock) = docker_host {
+        command.env("DOCKER_HOST", format!("unix://{}", sock.display()));
+    }
+    let out = command
+        .args([
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=mcp.service={service}"),
+        ])
+        .output()
+        .expect("run docker ps");
+    assert!(
+        out.status.success(),
+        "docker ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Rows left for `service` in the agent database of `node`.
+pub fn db_rows(fleet: &Fleet, node: &str, service: &str) -> i64 {
+    let db = fleet.spec.dir.join(node).join("data/agent.db");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let services: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM services WHERE name = ?1",
+            [service],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let ports: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM ports WHERE service = ?1",
+            [service],
+            |r| r.get(0),
+        )
+        .unwrap();
+    services + ports
+}
+
+/// True in CI, where a test that cannot run must fail rather than skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Removes containers a crashed earlier run may have left for these services.
+pub fn purge(services: &[&str]) {
+    for service in services {
+        for id in containers(service, None) {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+}
