@@ -185,3 +185,19 @@ join_token = "MCPJOIN-1-abc-def"
         }
     }
 }
+
+#[cfg(test)]
+mod reference {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_reference_config_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/config/agent.toml"
+        );
+        let config = super::Config::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(config.name, "hyperborea");
+        assert_eq!(config.pools, vec!["pi-pool"]);
+    }
+}

@@ -110,6 +110,30 @@ impl FleetSpec {
         }
     }
 
+    /// The seed fleet of SPEC §11: rift (worker, master node), orion (worker),
+    /// hyperborea (worker reporting arm64, pool `pi-pool`), svc (edge), on 127.0.0.11
+    /// to 127.0.0.14.
+    pub fn seed(dir: &Path, runtime: &str) -> FleetSpec {
+        let mut hyperborea = NodeSpec::worker("hyperborea", "127.0.0.13");
+        hyperborea.arch = Some("arm64".to_string());
+        hyperborea.pools = vec!["pi-pool".to_string()];
+        let svc = NodeSpec {
+            role: "edge".to_string(),
+            ..NodeSpec::worker("svc", "127.0.0.14")
+        };
+        FleetSpec {
+            nodes: vec![
+                NodeSpec::worker("rift", "127.0.0.11"),
+                NodeSpec::worker("orion", "127.0.0.12"),
+                hyperborea,
+                svc,
+            ],
+            heartbeat_interval: "2s".to_string(),
+            probe_timeout: "1s".to_string(),
+            ..FleetSpec::single(dir, "rift", "127.0.0.11", runtime)
+        }
+    }
+
     pub fn master_address(&self) -> String {
         format!("{}:{}", self.master_ip, self.master_port)
     }
@@ -182,6 +206,13 @@ impl Fleet {
             }
             if let Some(arch) = &node.arch {
                 agent.push_str(&format!("arch = {}\n", quote(arch)));
+            }
+            if node.role == "edge" {
+                let socket = node_dir.join("proxy-admin.sock");
+                agent.push_str(&format!(
+                    "proxy_admin_socket = {}\n",
+                    quote(&socket.display().to_string())
+                ));
             }
             if !node.pools.is_empty() {
                 let pools: Vec<String> = node.pools.iter().map(|p| quote(p)).collect();

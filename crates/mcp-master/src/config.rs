@@ -203,3 +203,19 @@ role = "admin"
         }
     }
 }
+
+#[cfg(test)]
+mod reference {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_reference_config_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/config/master.toml"
+        );
+        let config = super::Config::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(config.node, "rift");
+        assert_eq!(config.bootstrap_nodes.len(), 1);
+    }
+}

@@ -74,6 +74,23 @@ enum Command {
     /// Nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// A whole local fleet on this machine, until interrupted.
+    Dev {
+        /// Where configs, data, logs and pid files go.
+        #[arg(long, default_value = ".mcp-dev")]
+        dir: PathBuf,
+        /// docker, podman or exec [default: whichever answers first, in that order].
+        #[arg(long)]
+        runtime: Option<String>,
+        /// Definitions to deploy once the fleet is up.
+        #[arg(long, num_args = 1..)]
+        deploy: Vec<PathBuf>,
+        /// e.g. 250ms, 2s.
+        #[arg(long)]
+        heartbeat_interval: Option<String>,
+        #[arg(long)]
+        probe_timeout: Option<String>,
+    },
     /// Check definitions offline.
     Validate {
         #[arg(required = true)]
@@ -163,6 +180,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
             } => cmd::logs::run(&ctx, &service, component, follow, tail).await,
             Command::Node(NodeCommand::List) => cmd::node::list(&ctx).await,
             Command::Node(NodeCommand::Show { node }) => cmd::node::show(&ctx, &node).await,
+            Command::Dev {
+                dir,
+                runtime,
+                deploy,
+                heartbeat_interval,
+                probe_timeout,
+            } => {
+                let options = cmd::dev::DevOptions {
+                    dir,
+                    runtime,
+                    deploy,
+                    heartbeat_interval,
+                    probe_timeout,
+                };
+                cmd::dev::run(&ctx, options).await
+            }
             Command::Validate { .. } => Ok(()),
         }
     })

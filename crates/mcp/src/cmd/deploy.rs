@@ -84,6 +84,14 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
         ProgressStyle::with_template("  {prefix:<28} [{bar:30}] {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
+    // Step lines go above the bars on a terminal, plainly to stderr otherwise.
+    let say = |text: String| {
+        if show && bars.is_hidden() {
+            eprintln!("{text}");
+        } else if show {
+            let _ = bars.println(text);
+        }
+    };
     let mut pulls: HashMap<(String, String), ProgressBar> = HashMap::new();
     let mut failure = None;
     while let Some(item) = stream.next().await {
@@ -96,20 +104,18 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
         };
         let who = format!("{}@{}", event.service, event.node);
         match event.event {
-            Some(Event::Placed(p)) if show => {
-                let _ = bars.println(format!(
-                    "{}: on {} ({})",
-                    event.service, event.node, p.reason
-                ));
-            }
+            Some(Event::Placed(p)) => say(format!(
+                "{}: on {} ({})",
+                event.service, event.node, p.reason
+            )),
             Some(Event::Agent(a)) => match a.event {
-                Some(AgentEvent::Step(s)) if show => {
+                Some(AgentEvent::Step(s)) => {
                     let target = if s.component.is_empty() {
                         who.clone()
                     } else {
                         format!("{}/{}@{}", event.service, s.component, event.node)
                     };
-                    let _ = bars.println(format!("  {target:<28} {:<8} {}", s.step, s.message));
+                    say(format!("  {target:<28} {:<8} {}", s.step, s.message));
                 }
                 Some(AgentEvent::Pull(p)) if show => {
                     let key = (event.service.clone(), p.component.clone());
@@ -124,11 +130,6 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
                         bar.set_position(p.current.min(p.total));
                     }
                     bar.set_message(p.status);
-                }
-                Some(AgentEvent::Done(_)) => {
-                    if let Some(bar) = pulls.get(&(event.service.clone(), String::new())) {
-                        bar.finish();
-                    }
                 }
                 _ => {}
             },

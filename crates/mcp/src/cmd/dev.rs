@@ -1,0 +1,159 @@
+//! `mcp dev`: the whole seed fleet on this machine, from the real binaries and config
+//! files (SPEC §11), until interrupted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mcp_local_fleet::{Fleet, FleetSpec};
+
+use crate::error::CliError;
+use crate::Ctx;
+
+/// Options of `mcp dev`.
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub runtime: Option<String>,
+    pub deploy: Vec<PathBuf>,
+    pub heartbeat_interval: Option<String>,
+    pub probe_timeout: Option<String>,
+}
+
+/// Does a Docker Engine API answer `/_ping` on this socket?
+fn answers(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
+
+/// Docker when its socket answers, else Podman, else the exec driver.
+fn pick_runtime() -> (String, Option<PathBuf>) {
+    for (name, socket) in [
+        ("docker", "/var/run/docker.sock"),
+        ("podman", "/run/podman/podman.sock"),
+    ] {
+        if answers(Path::new(socket)) {
+            return (name.to_string(), Some(PathBuf::from(socket)));
+        }
+    }
+    ("exec".to_string(), None)
+}
+
+pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
+    for d in [&options.heartbeat_interval, &options.probe_timeout]
+        .into_iter()
+        .flatten()
+    {
+        mcp_types::parse_duration(d)
+            .map_err(|e| CliError::usage(format!("duration {d:?}: {e}")))?;
+    }
+    std::fs::create_dir_all(&options.dir)
+        .map_err(|e| CliError::failed(format!("create {}: {e}", options.dir.display())))?;
+    let dir = options
+        .dir
+        .canonicalize()
+        .map_err(|e| CliError::failed(format!("resolve {}: {e}", options.dir.display())))?;
+    let (runtime, socket) = match options.runtime.as_deref() {
+        None => pick_runtime(),
+        Some("docker") => (
+            "docker".to_string(),
+            Some(PathBuf::from("/var/run/docker.sock")),
+        ),
+        Some("podman") => (
+            "podman".to_string(),
+            Some(PathBuf::from("/run/podman/podman.sock")),
+        ),
+        Some("exec") => ("exec".to_string(), None),
+        Some(other) => {
+            return Err(CliError::usage(format!(
+                "--runtime: expected docker, podman or exec, not {other:?}"
+            )))
+        }
+    };
+    let mut spec = FleetSpec::seed(&dir, &runtime);
+    spec.runtime_socket = socket;
+    if let Some(d) = options.heartbeat_interval {
+        spec.heartbeat_interval = d;
+    }
+    if let Some(d) = options.probe_timeout {
+        spec.probe_timeout = d;
+    }
+    let say = |text: &str| {
+        if !ctx.quiet {
+            println!("{text}");
+        }
+    };
+    say(&format!(
+        "mcp dev: starting the seed fleet in {} (runtime {runtime})",
+        dir.display()
+    ));
+    let mut fleet = tokio::task::spawn_blocking(move || Fleet::start(spec))
+        .await
+        .map_err(|e| CliError::failed(format!("start the fleet: {e}")))?
+        .map_err(|e| CliError::failed(format!("start the fleet: {e:#}")))?;
+    let show = |fleet: &Fleet, args: &[&str]| {
+        let out = fleet.mcp(args);
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        out.status.success()
+    };
+    if !ctx.quiet {
+        show(&fleet, &["node", "list"]);
+    }
+    if !options.deploy.is_empty() {
+        let mut args = vec!["deploy".to_string()];
+        args.extend(options.deploy.iter().map(|p| p.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if show(&fleet, &args) {
+            say("try the routes above, e.g. curl http://<address>/");
+        }
+    }
+    say(&format!(
+        "mcp dev: running. Use `mcp --config {}/mcp.toml ...`; logs in {}/logs; Ctrl-C stops everything.",
+        dir.display(),
+        dir.display()
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::failed(format!("watch SIGTERM: {e}")))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let mut exited = Vec::new();
+        if let Some(master) = fleet.master.as_mut() {
+            if let Ok(Some(status)) = master.child.try_wait() {
+                exited.push(("master".to_string(), status));
+            }
+        }
+        for (name, proc) in fleet.agents.iter_mut() {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                exited.push((name.clone(), status));
+            }
+        }
+        for (name, status) in exited {
+            eprintln!("mcp dev: {name} exited ({status}); the others keep running. Start it again by hand with the command in its log's first line, or restart mcp dev.");
+            if name == "master" {
+                fleet.master = None;
+            } else {
+                fleet.agents.remove(&name);
+            }
+        }
+    }
+    say("mcp dev: stopping");
+    tokio::task::spawn_blocking(move || fleet.stop())
+        .await
+        .map_err(|e| CliError::failed(format!("stop the fleet: {e}")))?;
+    Ok(())
+}
