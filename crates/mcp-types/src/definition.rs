@@ -6,7 +6,7 @@
 //! and wrongly typed value at once, each with its key path and line, where
 //! serde stops at the first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::ops::Range;
 
@@ -30,7 +30,7 @@ pub struct DefinitionError {
 }
 
 /// One problem in a definition file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     /// 1-based line.
     pub line: usize,
@@ -75,27 +75,41 @@ pub fn parse_definition(file: &str, text: &str) -> Result<ServiceDef, Definition
     }
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     let mut reader = Reader {
-        text,
+        lines: Lines::new(text),
         spans: HashMap::new(),
         found: Vec::new(),
     };
     if !syntax_errors.is_empty() {
-        let entries = entries_of(text, doc.get_ref());
-        for err in &syntax_errors {
+        let entries = entries_of(text, &reader.lines, doc.get_ref());
+        for err in syntax_errors.iter().take(MAX_SYNTAX_PROBLEMS) {
             let at = err.span().unwrap_or(0..0);
-            let key = syntax_key(text, &entries, &at);
+            let key = syntax_key(text, &reader.lines, &entries, &at);
             reader.report(at.start, key, err.message().to_string());
         }
-        return Err(fail(reader.into_problems()));
+        let mut problems = reader.into_problems();
+        if syntax_errors.len() > MAX_SYNTAX_PROBLEMS {
+            let last = problems.last().map_or(1, |p| p.line);
+            problems.push(Problem {
+                line: last,
+                key: String::new(),
+                message: format!(
+                    "{} more syntax errors not shown; fix the first ones and try again",
+                    syntax_errors.len() - MAX_SYNTAX_PROBLEMS
+                ),
+            });
+        }
+        return Err(fail(problems));
     }
     let def = reader.service(doc.get_ref());
     if let Err(errors) = def.validate() {
+        // Only problems found while reading suppress validation errors.
+        let suppress: HashSet<String> = reader
+            .found
+            .iter()
+            .flat_map(|f| f.suppress.iter().cloned())
+            .collect();
         for e in errors {
-            let suppressed = reader
-                .found
-                .iter()
-                .any(|f| f.suppress.iter().any(|s| covers(s, &e.key)));
-            if !suppressed {
+            if !key_and_parents(&e.key).any(|k| suppress.contains(k)) {
                 let offset = reader.offset_of(&e.key);
                 reader.report(offset, e.key, e.message);
             }
@@ -108,12 +122,9 @@ pub fn parse_definition(file: &str, text: &str) -> Result<ServiceDef, Definition
     }
 }
 
-/// Whether `key` is `prefix` or below it.
-fn covers(prefix: &str, key: &str) -> bool {
-    match key.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
-        None => false,
-    }
+/// `a.b[0].c`, `a.b[0]`, `a.b`, `a`: the key and each key above it.
+fn key_and_parents(key: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(key), |k| k.rfind(['.', '[']).map(|cut| &k[..cut]))
 }
 
 /// A key as it appears in a key path: bare when TOML allows, else quoted.
@@ -138,13 +149,33 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+/// A syntax error tends to cause more after it; past this many, the rest are
+/// counted rather than listed.
+const MAX_SYNTAX_PROBLEMS: usize = 20;
+
+/// Where each line starts, to turn byte offsets into line numbers quickly.
+struct Lines {
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines { starts }
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|start| *start <= offset).max(1)
+    }
+
+    /// The text of 1-based `line`, without its newline.
+    fn text<'t>(&self, text: &'t str, line: usize) -> &'t str {
+        let start = self.starts.get(line - 1).copied().unwrap_or(text.len());
+        let end = self.starts.get(line).map_or(text.len(), |next| next - 1);
+        text.get(start..end.max(start)).unwrap_or("")
+    }
 }
 
 /// A problem found while reading, before lines are computed.
@@ -159,14 +190,14 @@ struct Found {
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
-struct Reader<'t> {
-    text: &'t str,
+struct Reader {
+    lines: Lines,
     /// Byte offset of each key path seen in the document.
     spans: HashMap<String, usize>,
     found: Vec<Found>,
 }
 
-impl Reader<'_> {
+impl Reader {
     fn report(&mut self, offset: usize, key: String, message: String) {
         self.found.push(Found {
             offset,
@@ -193,14 +224,15 @@ impl Reader<'_> {
 
     fn into_problems(mut self) -> Vec<Problem> {
         self.found.sort_by_key(|f| f.offset);
+        let mut seen = HashSet::new();
         let mut problems: Vec<Problem> = Vec::new();
         for f in self.found {
             let p = Problem {
-                line: line_of(self.text, f.offset),
+                line: self.lines.line(f.offset),
                 key: f.key,
                 message: f.message,
             };
-            if !problems.contains(&p) {
+            if seen.insert(p.clone()) {
                 problems.push(p);
             }
         }
@@ -209,16 +241,9 @@ impl Reader<'_> {
 
     /// The offset of `key`, or of its nearest recorded parent, or 0.
     fn offset_of(&self, key: &str) -> usize {
-        let mut k = key;
-        loop {
-            if let Some(offset) = self.spans.get(k) {
-                return *offset;
-            }
-            match k.rfind(['.', '[']) {
-                Some(cut) => k = &k[..cut],
-                None => return 0,
-            }
-        }
+        key_and_parents(key)
+            .find_map(|k| self.spans.get(k).copied())
+            .unwrap_or(0)
     }
 
     /// Records every key of `table` and reports those not in `known`.
@@ -712,26 +737,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// A key path in the document with where its key and value are.
 struct Entry {
     path: String,
-    key: Range<usize>,
+    key_line: usize,
     value: Range<usize>,
     /// A `[table]` or `[[array]]` header: later keys belong to it.
     header: bool,
 }
 
-fn entries_of(text: &str, root: &DeTable<'_>) -> Vec<Entry> {
-    fn walk(text: &str, table: &DeTable<'_>, parent: &str, out: &mut Vec<Entry>) {
+fn entries_of(text: &str, lines: &Lines, root: &DeTable<'_>) -> Vec<Entry> {
+    fn walk(text: &str, lines: &Lines, table: &DeTable<'_>, parent: &str, out: &mut Vec<Entry>) {
         for (k, v) in table.iter() {
             let path = join(parent, k.get_ref());
             let header =
                 matches!(v.get_ref(), DeValue::Table(_)) && starts_with_bracket(text, v.span());
             out.push(Entry {
                 path: path.clone(),
-                key: k.span(),
+                key_line: lines.line(k.span().start),
                 value: v.span(),
                 header,
             });
             match v.get_ref() {
-                DeValue::Table(t) => walk(text, t, &path, out),
+                DeValue::Table(t) => walk(text, lines, t, &path, out),
                 DeValue::Array(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let item_path = format!("{path}[{i}]");
@@ -739,12 +764,12 @@ fn entries_of(text: &str, root: &DeTable<'_>) -> Vec<Entry> {
                             && starts_with_bracket(text, item.span());
                         out.push(Entry {
                             path: item_path.clone(),
-                            key: item.span(),
+                            key_line: lines.line(item.span().start),
                             value: item.span(),
                             header,
                         });
                         if let DeValue::Table(t) = item.get_ref() {
-                            walk(text, t, &item_path, out);
+                            walk(text, lines, t, &item_path, out);
                         }
                     }
                 }
@@ -753,7 +778,7 @@ fn entries_of(text: &str, root: &DeTable<'_>) -> Vec<Entry> {
         }
     }
     let mut out = Vec::new();
-    walk(text, root, "", &mut out);
+    walk(text, lines, root, "", &mut out);
     out
 }
 
@@ -764,10 +789,10 @@ fn starts_with_bracket(text: &str, span: Range<usize>) -> bool {
 /// The key a syntax error at `at` belongs to, as well as the partly parsed
 /// document tells: the header on the error's line, else the deepest key on
 /// that line, else the key named at the error inside the table header above it.
-fn syntax_key(text: &str, entries: &[Entry], at: &Range<usize>) -> String {
-    let line = line_of(text, at.start);
+fn syntax_key(text: &str, lines: &Lines, entries: &[Entry], at: &Range<usize>) -> String {
+    let line = lines.line(at.start);
     // On a `[table]` or `[[array]]` header line, the header names the key.
-    let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+    let line_text = lines.text(text, line).trim();
     if line_text.starts_with('[') {
         let inner = line_text.split('#').next().unwrap_or("");
         return inner
@@ -778,8 +803,7 @@ fn syntax_key(text: &str, entries: &[Entry], at: &Range<usize>) -> String {
         .iter()
         .filter(|e| {
             !e.header
-                && (line_of(text, e.key.start) == line
-                    || (e.value.start <= at.start && at.start < e.value.end))
+                && (e.key_line == line || (e.value.start <= at.start && at.start < e.value.end))
         })
         .max_by_key(|e| e.path.len());
     if let Some(e) = on_line {

@@ -462,5 +462,8 @@ mod tests {
         let mut changed = def.clone();
         changed.components[0].image = Some("j".into());
         assert_ne!(changed.digest(), d);
+        // A changed canonical form changes every deployed service's digest
+        // (and so looks like a spec change everywhere): it must be deliberate.
+        assert_eq!(d, "8905559ce1eb0704");
     }
 }

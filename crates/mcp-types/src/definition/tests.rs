@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::service::Resources;
+use crate::service::{Resources, MAX_COMPONENTS};
 
 const BASE: &str = r#"name = "app"
 
@@ -199,4 +199,94 @@ fn edit_distance_counts_edits() {
     assert_eq!(edit_distance("", "abc"), 3);
     assert_eq!(closest("nmae", &["name", "node"]), Some("name"));
     assert_eq!(closest("zzzzzz", &["name", "node"]), None);
+}
+
+#[test]
+fn validation_errors_do_not_hide_each_other() {
+    // "too many components" is at key `components`; it must not swallow the
+    // errors of each component below that key.
+    let text = "name = \"a\"\n".to_string() + &"[[components]]\n".repeat(MAX_COMPONENTS + 1);
+    let err = parse_definition("t.toml", &text).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"components"), "{keys:?}");
+    assert!(keys.contains(&"components[32].image"), "{keys:?}");
+    assert_eq!(err.problems.len(), 1 + 2 * (MAX_COMPONENTS + 1));
+}
+
+#[test]
+fn syntax_errors_are_capped() {
+    let text = "x\n".repeat(1000);
+    let err = parse_definition("t.toml", &text).unwrap_err();
+    assert_eq!(err.problems.len(), MAX_SYNTAX_PROBLEMS + 1);
+    let last = err.problems.last().unwrap();
+    assert_eq!(
+        last.message,
+        "980 more syntax errors not shown; fix the first ones and try again"
+    );
+    assert_eq!(last.line, err.problems[MAX_SYNTAX_PROBLEMS - 1].line);
+}
+
+#[test]
+fn hostile_input_is_rejected_quickly_and_without_overflow() {
+    let half = MAX_DEFINITION_BYTES / 2;
+    let inputs = [
+        format!("a = {}", "[".repeat(half)),
+        format!("a = {}1{}", "[".repeat(half / 2), "]".repeat(half / 2)),
+        format!("a = {}", "{b=".repeat(half / 3)),
+        format!("{}= 1", "a.".repeat(half / 2)),
+        format!("[{}]", "a.".repeat(half / 2)),
+        "= = =\n".repeat(half / 6),
+        "[a]\n[a]\n".repeat(half / 8),
+        "[[components]]\n".repeat(half / 15),
+    ];
+    for text in inputs {
+        let start = std::time::Instant::now();
+        let err = parse_definition("t.toml", &text).unwrap_err();
+        assert!(!err.problems.is_empty());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}... took {:?}",
+            &text[..20],
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn lines_index_offsets() {
+    let text = "a\nbc\n\nd";
+    let lines = Lines::new(text);
+    let cases = [
+        (0, 1),
+        (1, 1),
+        (2, 2),
+        (4, 2),
+        (5, 3),
+        (6, 4),
+        (7, 4),
+        (100, 4),
+    ];
+    for (offset, line) in cases {
+        assert_eq!(lines.line(offset), line, "offset {offset}");
+    }
+    assert_eq!(lines.text(text, 2), "bc");
+    assert_eq!(lines.text(text, 3), "");
+    assert_eq!(lines.text(text, 4), "d");
+    assert_eq!(lines.text(text, 9), "");
+}
+
+#[test]
+fn parents_of_a_key() {
+    let all: Vec<&str> = key_and_parents("components[0].routes[1].port").collect();
+    assert_eq!(
+        all,
+        [
+            "components[0].routes[1].port",
+            "components[0].routes[1]",
+            "components[0].routes",
+            "components[0]",
+            "components"
+        ]
+    );
+    assert_eq!(key_and_parents("name").collect::<Vec<_>>(), ["name"]);
 }
