@@ -80,13 +80,7 @@ fn digest_of(service: &str, node: &str, component: &Component, ports: &[(u16, u1
         "service": service, "node": node, "component": component, "ports": ports,
     })
     .to_string();
-    // FNV-1a, 64 bit: stable across builds and platforms.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    mcp_types::digest_hex(text.as_bytes())
 }
 
 impl Node {
@@ -425,50 +419,40 @@ impl Node {
     }
 
     pub async fn stop(&self, service: &str) -> Result<wire::ServiceStatus, NodeError> {
-        let _guard = self.lock.lock().await;
-        let mut record = self.record(service)?;
-        self.store
-            .set_desired(service, Desired::Stopped)
-            .at("record")?;
-        record.desired = Desired::Stopped;
-        for component in &record.def.components {
-            self.runtime(component.driver)
-                .at("stop")?
-                .stop(service, &component.name)
-                .await
-                .at("stop")?;
-        }
-        Ok(self.status_of(&record).await?)
+        self.lifecycle(service, Desired::Stopped, true).await
     }
 
     pub async fn start(&self, service: &str) -> Result<wire::ServiceStatus, NodeError> {
-        let _guard = self.lock.lock().await;
-        let mut record = self.record(service)?;
-        self.store
-            .set_desired(service, Desired::Running)
-            .at("record")?;
-        record.desired = Desired::Running;
-        let (events, _drop) = mpsc::channel(1024);
-        self.converge(&record, &events, &mut Vec::new()).await?;
-        Ok(self.status_of(&record).await?)
+        self.lifecycle(service, Desired::Running, false).await
     }
 
     pub async fn restart(&self, service: &str) -> Result<wire::ServiceStatus, NodeError> {
+        self.lifecycle(service, Desired::Running, true).await
+    }
+
+    /// Commits the new desired state, stops the components when asked, then, for
+    /// `Running`, converges (recreating anything missing).
+    async fn lifecycle(
+        &self,
+        service: &str,
+        desired: Desired,
+        stop_first: bool,
+    ) -> Result<wire::ServiceStatus, NodeError> {
         let _guard = self.lock.lock().await;
         let mut record = self.record(service)?;
-        self.store
-            .set_desired(service, Desired::Running)
-            .at("record")?;
-        record.desired = Desired::Running;
-        for component in &record.def.components {
-            self.runtime(component.driver)
-                .at("stop")?
-                .stop(service, &component.name)
-                .await
-                .at("stop")?;
+        self.store.set_desired(service, desired).at("record")?;
+        record.desired = desired;
+        if stop_first {
+            for component in &record.def.components {
+                let runtime = self.runtime(component.driver).at("stop")?;
+                runtime.stop(service, &component.name).await.at("stop")?;
+            }
         }
-        let (events, _drop) = mpsc::channel(1024);
-        self.converge(&record, &events, &mut Vec::new()).await?;
+        if desired == Desired::Running {
+            // Nobody watches these events: a closed channel drops them.
+            let (events, _) = mpsc::channel(1);
+            self.converge(&record, &events, &mut Vec::new()).await?;
+        }
         Ok(self.status_of(&record).await?)
     }
 

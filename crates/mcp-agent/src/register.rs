@@ -25,24 +25,14 @@ fn jitter(max: Duration) -> Duration {
 }
 
 fn state_digest(services: &[mcp_proto::agent::v1::ServiceStatus]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut text = String::new();
     for s in services {
-        for part in [&s.name, &s.desired] {
-            for b in part.bytes() {
-                hash ^= u64::from(b);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        text.push_str(&format!("{}={};", s.name, s.desired));
         for c in &s.components {
-            for part in [&c.name, &c.observed] {
-                for b in part.bytes() {
-                    hash ^= u64::from(b);
-                    hash = hash.wrapping_mul(0x0100_0000_01b3);
-                }
-            }
+            text.push_str(&format!("{}={};", c.name, c.observed));
         }
     }
-    format!("{hash:016x}")
+    mcp_types::digest_hex(text.as_bytes())
 }
 
 /// Registers and heartbeats until `shutdown` fires.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use mcp_proto::agent::v1::{self as wire, agent_server::Agent};
+use mcp_proto::convert::check_service_name;
 use mcp_proto::tonic::{self, Request, Response, Status};
 use mcp_types::ServiceDef;
 use tokio::sync::mpsc;
@@ -26,11 +27,6 @@ pub fn status_of(error: NodeError) -> Status {
         NodeError::Step(e) => Status::aborted(e.to_string()),
         NodeError::Internal(e) => Status::internal(format!("{e:#}")),
     }
-}
-
-fn check_name(service: &str) -> Result<(), Status> {
-    mcp_types::name::check_dns_label(service)
-        .map_err(|e| Status::invalid_argument(format!("service: {e}")))
 }
 
 type EventStream = ReceiverStream<Result<wire::DeployEvent, Status>>;
@@ -96,7 +92,7 @@ impl Agent for AgentService {
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::ServiceReply>, Status> {
         let service = request.into_inner().service;
-        check_name(&service)?;
+        check_service_name(&service)?;
         let status = self.node.stop(&service).await.map_err(status_of)?;
         tracing::info!(node = %self.node.name, service = %service, "stopped");
         Ok(Response::new(wire::ServiceReply {
@@ -109,7 +105,7 @@ impl Agent for AgentService {
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::ServiceReply>, Status> {
         let service = request.into_inner().service;
-        check_name(&service)?;
+        check_service_name(&service)?;
         let status = self.node.start(&service).await.map_err(status_of)?;
         tracing::info!(node = %self.node.name, service = %service, "started");
         Ok(Response::new(wire::ServiceReply {
@@ -122,7 +118,7 @@ impl Agent for AgentService {
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::ServiceReply>, Status> {
         let service = request.into_inner().service;
-        check_name(&service)?;
+        check_service_name(&service)?;
         let status = self.node.restart(&service).await.map_err(status_of)?;
         tracing::info!(node = %self.node.name, service = %service, "restarted");
         Ok(Response::new(wire::ServiceReply {
@@ -135,7 +131,7 @@ impl Agent for AgentService {
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::RemoveReply>, Status> {
         let service = request.into_inner().service;
-        check_name(&service)?;
+        check_service_name(&service)?;
         self.node.remove(&service).await.map_err(status_of)?;
         tracing::info!(node = %self.node.name, service = %service, "removed");
         Ok(Response::new(wire::RemoveReply { service }))
@@ -158,7 +154,7 @@ impl Agent for AgentService {
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let r = request.into_inner();
-        check_name(&r.service)?;
+        check_service_name(&r.service)?;
         if !r.component.is_empty() {
             mcp_types::name::check_dns_label(&r.component)
                 .map_err(|e| Status::invalid_argument(format!("component: {e}")))?;

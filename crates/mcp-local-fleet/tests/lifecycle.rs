@@ -102,6 +102,32 @@ fn scenario(runtime: Runtime, node: &str, ip: &str) {
     assert!(serves(&address, &hello));
     let logs = mcp_ok(&fleet, &["logs", &service, "--tail", "50"]);
     assert!(logs.contains("listening on"), "logs: {logs}");
+    follow_logs(&fleet, &service, &address);
+
+    // Drift: the container stopped behind MCP's back shows in `mcp status`; `start`
+    // brings it back. (The exec supervisor restarts its process itself.)
+    if runtime.name != "exec" {
+        let id = instances(&runtime, &service, &binary).remove(0);
+        let mut docker = std::process::Command::new("docker");
+        if let Some(sock) = &runtime.socket {
+            docker.env("DOCKER_HOST", format!("unix://{}", sock.display()));
+        }
+        let out = docker.args(["stop", "-t", "5", &id]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = fleet.mcp_json(&["status", &service]).unwrap();
+        let s = &status["services"][0];
+        assert_eq!(s["drift"], true, "{status}");
+        assert_eq!(s["components"][0]["desired"], "running");
+        assert_eq!(s["components"][0]["observed"], "exited");
+        mcp_ok(&fleet, &["start", &service]);
+        assert!(serves(&address, &hello));
+        let status = fleet.mcp_json(&["status", &service]).unwrap();
+        assert_eq!(status["services"][0]["drift"], false, "{status}");
+    }
 
     // SIGKILL the agent: the service keeps serving; the restarted agent adopts it.
     let before = instances(&runtime, &service, &binary);
@@ -161,6 +187,44 @@ fn scenario(runtime: Runtime, node: &str, ip: &str) {
         "{list}"
     );
     fleet.stop();
+}
+
+/// `mcp logs -f` shows a request made after it started.
+fn follow_logs(fleet: &Fleet, service: &str, address: &str) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(fleet.bin.path("mcp"))
+        .arg("--config")
+        .arg(fleet.spec.dir.join("mcp.toml"))
+        .args(["logs", "-f", service])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // Drain what was there before, then make one request and wait for its line.
+    let mut before = 0;
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(700)) {
+        before += usize::from(line.contains("\"GET /"));
+    }
+    assert!(http_get(address).is_some());
+    let seen = eventually(Duration::from_secs(10), || {
+        rx.recv_timeout(Duration::from_millis(100))
+            .ok()
+            .filter(|l| l.contains("\"GET /"))
+    });
+    mcp_local_fleet::send_signal(child.id(), libc::SIGTERM);
+    let _ = child.wait();
+    assert!(
+        seen.is_some(),
+        "logs -f did not show the new request ({before} before)"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use mcp_proto::agent::v1 as agent;
 use mcp_proto::agent::v1::agent_client::AgentClient;
+use mcp_proto::convert::check_service_name;
 use mcp_proto::master::v1::{self as wire, master_server::Master};
 use mcp_proto::tonic::{self, Code, Request, Response, Status};
 use mcp_proto::transport::ClientTransport;
@@ -45,11 +46,6 @@ pub fn from_agent(node: &str, status: Status) -> Status {
         )),
         code => Status::new(code, format!("node {node}: {}", status.message())),
     }
-}
-
-fn check_name(service: &str) -> Result<(), Status> {
-    mcp_types::name::check_dns_label(service)
-        .map_err(|e| Status::invalid_argument(format!("service: {e}")))
 }
 
 impl MasterService {
@@ -206,7 +202,7 @@ impl MasterService {
         service: String,
         rpc: &'static str,
     ) -> Result<agent::ServiceStatus, Status> {
-        check_name(&service)?;
+        check_service_name(&service)?;
         let node = self.node_for(&service)?;
         self.require(&node, rpc)?;
         let mut client = node.client.clone();
@@ -447,7 +443,7 @@ impl Master for MasterService {
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::RemoveReply>, Status> {
         let service = request.into_inner().service;
-        check_name(&service)?;
+        check_service_name(&service)?;
         let node = self.node_for(&service)?;
         self.require(&node, "Remove")?;
         let mut client = node.client.clone();
@@ -493,7 +489,7 @@ impl Master for MasterService {
         let mut services: Vec<agent::ServiceStatus> =
             nodes.iter().flat_map(|n| n.services.clone()).collect();
         if let Some(name) = &r.service {
-            check_name(name)?;
+            check_service_name(name)?;
             services.retain(|s| &s.name == name);
             if services.is_empty() {
                 return Err(Status::not_found(format!(
@@ -530,7 +526,7 @@ impl Master for MasterService {
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let r = request.into_inner();
-        check_name(&r.service)?;
+        check_service_name(&r.service)?;
         let node = self.node_for(&r.service)?;
         self.require(&node, "Logs")?;
         let mut client = node.client.clone();

@@ -196,3 +196,9 @@ fn component_from_wire(i: usize, c: wire::ComponentSpec) -> Result<Component, Sp
         routes,
     })
 }
+
+/// A service name from a request: a DNS label, or InvalidArgument.
+pub fn check_service_name(service: &str) -> Result<(), tonic::Status> {
+    mcp_types::name::check_dns_label(service)
+        .map_err(|e| tonic::Status::invalid_argument(format!("service: {e}")))
+}

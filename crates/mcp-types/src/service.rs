@@ -354,13 +354,19 @@ impl ServiceDef {
         // Serializing plain data with string keys cannot fail; an empty string
         // would still give a stable digest.
         let json = serde_json::to_string(self).unwrap_or_default();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in json.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        digest_hex(json.as_bytes())
     }
+}
+
+/// FNV-1a (64 bit) of `bytes` as 16 hex digits: stable across builds, platforms and
+/// versions, so it can be stored and compared. Not a cryptographic hash.
+pub fn digest_hex(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 #[cfg(test)]
