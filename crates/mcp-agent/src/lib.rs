@@ -79,10 +79,15 @@ pub async fn run(
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let service = server::AgentService { node: node.clone() };
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let service = server::AgentService {
+        node: node.clone(),
+        nudge: nudge.clone(),
+    };
     let register = tokio::spawn(register::run(
         config.clone(),
         node.clone(),
+        nudge,
         shutdown.clone(),
     ));
     let mut stop = shutdown.clone();

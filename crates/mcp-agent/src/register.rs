@@ -1,30 +1,39 @@
 //! Registration and heartbeats: the agent dials the master, registers with its full
-//! state, then pushes heartbeats. A refused or failed heartbeat means re-register,
-//! with capped, jittered backoff, so a restarted master has its view back quickly.
+//! state, then keeps one heartbeat stream open, sending a heartbeat every interval.
+//! A broken stream, a refused heartbeat or a failed registration means register
+//! again, with capped, jittered backoff, so a restarted master has its view back
+//! within seconds. A probe from a master that does not know this node (`register =
+//! true`) cuts the backoff short.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use mcp_proto::master::v1::{self as wire, master_client::MasterClient};
+use mcp_proto::tonic::transport::Channel;
 use mcp_proto::transport::ClientTransport;
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::Config;
-use crate::host;
+use crate::host::CpuSampler;
 use crate::node::Node;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// A small pseudo-random jitter in [0, max) from the clock; no RNG crate needed.
-fn jitter(max: Duration) -> Duration {
+/// A pseudo-random jitter in [0, max) from the clock and the node name; no RNG needed.
+fn jitter(max: Duration, salt: &str) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
+    let mixed = mcp_types::digest_hex(format!("{nanos}{salt}").as_bytes());
+    let value = u64::from_str_radix(&mixed[..8], 16).unwrap_or(0);
     let max_ms = max.as_millis().max(1) as u64;
-    Duration::from_millis(u64::from(nanos) % max_ms)
+    Duration::from_millis(value % max_ms)
 }
 
-fn state_digest(services: &[mcp_proto::agent::v1::ServiceStatus]) -> String {
+/// Digest of the service state the master holds for this node.
+pub fn state_digest(services: &[mcp_proto::agent::v1::ServiceStatus]) -> String {
     let mut text = String::new();
     for s in services {
         text.push_str(&format!("{}={};", s.name, s.desired));
@@ -35,15 +44,113 @@ fn state_digest(services: &[mcp_proto::agent::v1::ServiceStatus]) -> String {
     mcp_types::digest_hex(text.as_bytes())
 }
 
-/// Registers and heartbeats until `shutdown` fires.
+fn running(services: &[mcp_proto::agent::v1::ServiceStatus]) -> u32 {
+    services
+        .iter()
+        .flat_map(|s| &s.components)
+        .filter(|c| c.observed == "running")
+        .count() as u32
+}
+
+/// The registration loop's state.
+struct Registrar {
+    config: Config,
+    node: Arc<Node>,
+    client: MasterClient<Channel>,
+    cpu: CpuSampler,
+}
+
+impl Registrar {
+    async fn register(&mut self) -> Result<Duration, String> {
+        let services = self.node.statuses().await.unwrap_or_default();
+        let request = wire::RegisterRequest {
+            name: self.config.name.clone(),
+            role: self.config.role.as_str().to_string(),
+            address: self.config.listen.to_string(),
+            arch: self.config.arch().as_str().to_string(),
+            version: crate::VERSION.to_string(),
+            rpcs: mcp_proto::AGENT_RPCS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            pools: self.config.pools.clone(),
+            resources: Some(self.cpu.resources(&self.config.data_dir)),
+            state_digest: state_digest(&services),
+            containers: running(&services),
+            services,
+        };
+        let reply = self
+            .client
+            .register(request)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        Ok(Duration::from_millis(reply.heartbeat_interval_ms.max(5)))
+    }
+
+    async fn heartbeat(&mut self) -> wire::HeartbeatRequest {
+        let services = self.node.statuses().await.unwrap_or_default();
+        wire::HeartbeatRequest {
+            name: self.config.name.clone(),
+            resources: Some(self.cpu.resources(&self.config.data_dir)),
+            containers: running(&services),
+            state_digest: state_digest(&services),
+        }
+    }
+
+    /// Heartbeats over one stream until it breaks, the master asks for full state
+    /// (returns Ok), or shutdown (returns Err(())).
+    async fn session(
+        &mut self,
+        interval: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+        nudge: &Notify,
+    ) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel(4);
+        let first = self.heartbeat().await;
+        tx.send(first)
+            .await
+            .map_err(|_| "heartbeat queue closed".to_string())?;
+        let mut replies = self
+            .client
+            .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let beat = self.heartbeat().await;
+                    if tx.send(beat).await.is_err() {
+                        return Err("heartbeat stream closed".to_string());
+                    }
+                }
+                reply = replies.next() => match reply {
+                    Some(Ok(reply)) if reply.send_full_state => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(status)) => return Err(status.message().to_string()),
+                    None => return Err("the master closed the heartbeat stream".to_string()),
+                },
+                _ = nudge.notified() => return Ok(()),
+                _ = shutdown.changed() => return Err(String::new()),
+            }
+        }
+    }
+}
+
+/// Registers and heartbeats until `shutdown` fires. `nudge` re-registers at once.
 pub async fn run(
     config: Config,
     node: Arc<Node>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    nudge: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let transport = ClientTransport {
         connect_timeout: Some(Duration::from_secs(3)),
-        request_timeout: Some(Duration::from_secs(10)),
+        request_timeout: None,
     };
     let channel = match transport.lazy(&config.master) {
         Ok(channel) => channel,
@@ -52,77 +159,39 @@ pub async fn run(
             return;
         }
     };
-    let mut client = MasterClient::new(channel);
+    let mut registrar = Registrar {
+        client: MasterClient::new(channel),
+        node,
+        cpu: CpuSampler::default(),
+        config,
+    };
+    let name = registrar.config.name.clone();
     let mut backoff = BACKOFF_MIN;
-    let mut registered: Option<Duration> = None;
-    let mut last_digest = String::new();
     loop {
-        let wait = match registered {
-            None => {
-                let services = node.statuses().await.unwrap_or_default();
-                let digest = state_digest(&services);
-                let request = wire::RegisterRequest {
-                    name: config.name.clone(),
-                    role: config.role.as_str().to_string(),
-                    address: config.listen.to_string(),
-                    arch: config.arch().as_str().to_string(),
-                    version: crate::VERSION.to_string(),
-                    rpcs: mcp_proto::AGENT_RPCS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                    pools: config.pools.clone(),
-                    resources: Some(host::resources(&config.data_dir)),
-                    services,
-                };
-                match client.register(request).await {
-                    Ok(reply) => {
-                        let reply = reply.into_inner();
-                        let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(10));
-                        tracing::info!(node = %config.name, master = %config.master, "registered");
-                        registered = Some(interval);
-                        last_digest = digest;
-                        backoff = BACKOFF_MIN;
-                        interval
-                    }
-                    Err(status) => {
-                        tracing::warn!(node = %config.name, "register with master {}: {}", config.master, status.message());
-                        let wait = backoff + jitter(backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        wait
+        if *shutdown.borrow() {
+            return;
+        }
+        match registrar.register().await {
+            Ok(interval) => {
+                tracing::info!(node = %name, master = %registrar.config.master, "registered");
+                backoff = BACKOFF_MIN;
+                match registrar.session(interval, &mut shutdown, &nudge).await {
+                    Ok(()) => continue,
+                    Err(e) if e.is_empty() => return,
+                    Err(e) => {
+                        tracing::warn!(node = %name, "heartbeats stopped ({e}); registering again")
                     }
                 }
             }
-            Some(interval) => {
-                let services = node.statuses().await.unwrap_or_default();
-                let digest = state_digest(&services);
-                let containers = services
-                    .iter()
-                    .flat_map(|s| &s.components)
-                    .filter(|c| c.observed == "running")
-                    .count() as u32;
-                let request = wire::HeartbeatRequest {
-                    name: config.name.clone(),
-                    resources: Some(host::resources(&config.data_dir)),
-                    containers,
-                    state_digest: digest.clone(),
-                };
-                match client.heartbeat(request).await {
-                    Ok(reply) if reply.get_ref().send_full_state || digest != last_digest => {
-                        registered = None;
-                        Duration::ZERO
-                    }
-                    Ok(_) => interval,
-                    Err(status) => {
-                        tracing::warn!(node = %config.name, "heartbeat refused or failed ({}); registering again", status.message());
-                        registered = None;
-                        jitter(BACKOFF_MIN)
-                    }
-                }
+            Err(e) => {
+                tracing::warn!(node = %name, "register with master {}: {e}", registrar.config.master)
             }
-        };
+        }
+        let wait = backoff + jitter(backoff, &name);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = nudge.notified() => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -17,6 +17,8 @@ use crate::node::{Node, NodeError};
 /// The service implementation.
 pub struct AgentService {
     pub node: Arc<Node>,
+    /// Wakes the registration loop: a probe from a master that lost this node.
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 /// The one mapping from node errors to gRPC statuses.
@@ -181,8 +183,12 @@ impl Agent for AgentService {
 
     async fn probe(
         &self,
-        _request: Request<wire::ProbeRequest>,
+        request: Request<wire::ProbeRequest>,
     ) -> Result<Response<wire::ProbeReply>, Status> {
+        if request.into_inner().register {
+            tracing::info!(node = %self.node.name, "the master asked for registration");
+            self.nudge.notify_one();
+        }
         Ok(Response::new(wire::ProbeReply {
             node: self.node.name.clone(),
             version: crate::VERSION.to_string(),

@@ -89,6 +89,8 @@ pub struct FleetSpec {
     pub domain: String,
     pub master_port: u16,
     pub agent_port: u16,
+    /// List every node in the master's `bootstrap_nodes`.
+    pub bootstrap: bool,
 }
 
 impl FleetSpec {
@@ -107,6 +109,7 @@ impl FleetSpec {
             domain: "metacircular.net".to_string(),
             master_port: 9443,
             agent_port: 9444,
+            bootstrap: false,
         }
     }
 
@@ -114,23 +117,30 @@ impl FleetSpec {
     /// hyperborea (worker reporting arm64, pool `pi-pool`), svc (edge), on 127.0.0.11
     /// to 127.0.0.14.
     pub fn seed(dir: &Path, runtime: &str) -> FleetSpec {
-        let mut hyperborea = NodeSpec::worker("hyperborea", "127.0.0.13");
+        FleetSpec::seed_at(dir, runtime, 11)
+    }
+
+    /// The seed fleet on 127.0.0.`first` to 127.0.0.`first + 3` (tests run several).
+    pub fn seed_at(dir: &Path, runtime: &str, first: u8) -> FleetSpec {
+        let ip = |i: u8| format!("127.0.0.{}", first.saturating_add(i));
+        let mut hyperborea = NodeSpec::worker("hyperborea", &ip(2));
         hyperborea.arch = Some("arm64".to_string());
         hyperborea.pools = vec!["pi-pool".to_string()];
         let svc = NodeSpec {
             role: "edge".to_string(),
-            ..NodeSpec::worker("svc", "127.0.0.14")
+            ..NodeSpec::worker("svc", &ip(3))
         };
         FleetSpec {
             nodes: vec![
-                NodeSpec::worker("rift", "127.0.0.11"),
-                NodeSpec::worker("orion", "127.0.0.12"),
+                NodeSpec::worker("rift", &ip(0)),
+                NodeSpec::worker("orion", &ip(1)),
                 hyperborea,
                 svc,
             ],
             heartbeat_interval: "2s".to_string(),
             probe_timeout: "1s".to_string(),
-            ..FleetSpec::single(dir, "rift", "127.0.0.11", runtime)
+            bootstrap: true,
+            ..FleetSpec::single(dir, "rift", &ip(0), runtime)
         }
     }
 
@@ -183,6 +193,21 @@ impl Fleet {
             spec.missed_heartbeats,
             quote(&spec.probe_timeout),
         );
+        let mut master = master;
+        if spec.bootstrap {
+            let nodes: Vec<String> = spec
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{{ name = {}, address = {} }}",
+                        quote(&n.name),
+                        quote(&format!("{}:{}", n.ip, spec.agent_port))
+                    )
+                })
+                .collect();
+            master.push_str(&format!("bootstrap_nodes = [{}]\n", nodes.join(", ")));
+        }
         std::fs::write(dir.join("master/master.toml"), master).context("write master.toml")?;
         for node in &spec.nodes {
             let node_dir = dir.join(&node.name);

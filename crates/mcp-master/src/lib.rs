@@ -56,6 +56,7 @@ pub async fn serve(
         config,
     });
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
+    tokio::spawn(health::bootstrap(state.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut stop = shutdown.clone();
     ServerTransport::default()

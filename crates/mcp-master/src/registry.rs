@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mcp_proto::agent::v1::{agent_client::AgentClient, ServiceStatus};
 use mcp_proto::master::v1 as wire;
 use mcp_proto::tonic::transport::Channel;
+use mcp_proto::transport::ClientTransport;
 
 /// Node health (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +44,13 @@ pub struct NodeEntry {
     pub state: NodeState,
     pub last_heartbeat: Instant,
     pub last_probe: Option<Instant>,
+    pub probe_in_flight: bool,
     pub digest: String,
     pub services: Vec<ServiceStatus>,
-    pub client: AgentClient<Channel>,
+    /// Created on first use: a node that is only heartbeating costs no connection.
+    pub client: Option<AgentClient<Channel>>,
+    /// The heartbeat stream now current for this node (0: none).
+    pub session: u64,
 }
 
 impl NodeEntry {
@@ -86,6 +91,15 @@ const MAX_EVENTS: usize = 200;
 pub struct Registry {
     nodes: RwLock<BTreeMap<String, NodeEntry>>,
     events: Mutex<VecDeque<Event>>,
+    sessions: std::sync::atomic::AtomicU64,
+}
+
+/// What a heartbeat did.
+pub struct Beat {
+    /// The digest differs from the state the master holds: ask for a registration.
+    pub send_full_state: bool,
+    /// The node was not healthy before this heartbeat.
+    pub healed_from: Option<NodeState>,
 }
 
 impl Registry {
@@ -121,6 +135,82 @@ impl Registry {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// A client for the node's agent, created on first use.
+    pub fn client(
+        &self,
+        name: &str,
+        transport: &ClientTransport,
+    ) -> Result<AgentClient<Channel>, String> {
+        let address = {
+            let nodes = self.read();
+            let entry = nodes
+                .get(name)
+                .ok_or_else(|| format!("node {name} is not registered"))?;
+            if let Some(client) = &entry.client {
+                return Ok(client.clone());
+            }
+            entry.address.clone()
+        };
+        let client = AgentClient::new(transport.lazy(&address).map_err(|e| e.to_string())?)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        if let Some(entry) = self.write().get_mut(name) {
+            if entry.address == address {
+                entry.client.get_or_insert_with(|| client.clone());
+            }
+        }
+        Ok(client)
+    }
+
+    /// Applies a heartbeat in one short write; Err when the node is not registered
+    /// (the agent must register first).
+    pub fn heartbeat(&self, beat: &wire::HeartbeatRequest, session: u64) -> Result<Beat, ()> {
+        let healed_from = {
+            let mut nodes = self.write();
+            let entry = nodes.get_mut(&beat.name).ok_or(())?;
+            if let Some(resources) = beat.resources {
+                entry.resources = resources;
+            }
+            entry.containers = beat.containers;
+            entry.last_heartbeat = Instant::now();
+            entry.session = session;
+            let send_full_state = entry.digest != beat.state_digest;
+            let was = entry.state;
+            entry.state = NodeState::Healthy;
+            entry.last_probe = None;
+            Beat {
+                send_full_state,
+                healed_from: (was != NodeState::Healthy).then_some(was),
+            }
+        };
+        if let Some(was) = healed_from.healed_from {
+            self.event(
+                &beat.name,
+                format!("{} -> healthy: heartbeat", was.as_str()),
+            );
+        }
+        Ok(healed_from)
+    }
+
+    /// A new heartbeat stream's id.
+    pub fn new_session(&self) -> u64 {
+        self.sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// A heartbeat stream ended; true when it was the node's current one (so the
+    /// node deserves a probe now).
+    pub fn end_session(&self, name: &str, session: u64) -> bool {
+        let mut nodes = self.write();
+        match nodes.get_mut(name) {
+            Some(entry) if entry.session == session => {
+                entry.session = 0;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A copy of one node.
@@ -160,55 +250,67 @@ impl Registry {
         }
     }
 
-    /// Marks a node healthy after a heartbeat or registration, logging a transition.
-    pub fn heal(&self, node: &str) {
-        let changed = {
-            let mut nodes = self.write();
-            match nodes.get_mut(node) {
-                Some(entry) => {
-                    entry.last_heartbeat = Instant::now();
-                    let was = entry.state;
-                    entry.state = NodeState::Healthy;
-                    entry.last_probe = None;
-                    (was != NodeState::Healthy).then_some(was)
-                }
-                None => None,
-            }
-        };
-        if let Some(was) = changed {
-            self.event(node, format!("{} -> healthy", was.as_str()));
-        }
-    }
-
-    /// Nodes whose heartbeats are overdue and that are due a probe.
-    pub fn overdue(&self, bound: Duration, reprobe: Duration) -> Vec<NodeEntry> {
+    /// Names of nodes whose heartbeats are overdue and that are due a probe (none in
+    /// flight, the last one at least `reprobe` ago).
+    pub fn overdue(&self, bound: Duration, reprobe: Duration) -> Vec<String> {
         self.read()
             .values()
-            .filter(|n| n.last_heartbeat.elapsed() > bound)
+            .filter(|n| n.last_heartbeat.elapsed() > bound && !n.probe_in_flight)
             .filter(|n| n.last_probe.is_none_or(|t| t.elapsed() > reprobe))
-            .cloned()
+            .map(|n| n.name.clone())
             .collect()
     }
 
-    /// Sets a node's state, logging a transition.
-    pub fn set_state(&self, node: &str, state: NodeState, why: &str) {
+    /// Starts a probe of `node`: a healthy node becomes `probing`, an unhealthy one
+    /// stays unhealthy until a probe or heartbeat says otherwise. None when a probe is
+    /// already in flight (or the node is gone).
+    pub fn begin_probe(&self, node: &str, why: &str) -> Option<Instant> {
+        let now = Instant::now();
         let was = {
+            let mut nodes = self.write();
+            let entry = nodes.get_mut(node)?;
+            if entry.probe_in_flight {
+                return None;
+            }
+            entry.probe_in_flight = true;
+            entry.last_probe = Some(now);
+            let was = entry.state;
+            if was == NodeState::Healthy {
+                entry.state = NodeState::Probing;
+            }
+            was
+        };
+        if was == NodeState::Healthy {
+            self.event(node, format!("healthy -> probing: {why}"));
+        }
+        Some(now)
+    }
+
+    /// Records a probe's outcome, unless a heartbeat or registration arrived since it
+    /// began (that already decided the node's state).
+    pub fn end_probe(&self, node: &str, started: Instant, outcome: Result<(), String>) {
+        let change = {
             let mut nodes = self.write();
             let Some(entry) = nodes.get_mut(node) else {
                 return;
             };
-            let was = entry.state;
-            entry.state = state;
-            if state == NodeState::Probing {
-                entry.last_probe = Some(Instant::now());
+            entry.probe_in_flight = false;
+            if entry.last_heartbeat > started {
+                return;
             }
-            was
+            let was = entry.state;
+            let (state, why) = match outcome {
+                Ok(()) => (
+                    NodeState::Healthy,
+                    "probe answered, but heartbeats are missing".to_string(),
+                ),
+                Err(e) => (NodeState::Unhealthy, e),
+            };
+            entry.state = state;
+            (was != state).then(|| format!("{} -> {}: {why}", was.as_str(), state.as_str()))
         };
-        if was != state {
-            self.event(
-                node,
-                format!("{} -> {}: {why}", was.as_str(), state.as_str()),
-            );
+        if let Some(message) = change {
+            self.event(node, message);
         }
     }
 }

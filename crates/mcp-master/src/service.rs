@@ -10,6 +10,7 @@ use mcp_proto::agent::v1 as agent;
 use mcp_proto::agent::v1::agent_client::AgentClient;
 use mcp_proto::convert::check_service_name;
 use mcp_proto::master::v1::{self as wire, master_server::Master};
+use mcp_proto::tonic::transport::Channel;
 use mcp_proto::tonic::{self, Code, Request, Response, Status};
 use mcp_proto::transport::ClientTransport;
 use mcp_types::ServiceDef;
@@ -59,6 +60,14 @@ impl MasterService {
             .ok_or_else(|| Status::not_found(format!("node {name} is not registered")))
     }
 
+    /// A client for a node's agent.
+    fn client(&self, node: &str) -> Result<AgentClient<Channel>, Status> {
+        self.state
+            .registry
+            .client(node, &self.state.transport)
+            .map_err(Status::failed_precondition)
+    }
+
     fn require(&self, node: &NodeEntry, rpc: &str) -> Result<(), Status> {
         if node.supports(rpc) {
             Ok(())
@@ -78,16 +87,18 @@ impl MasterService {
             .into_iter()
             .filter(|n| n.role == "worker" && n.state != NodeState::Unhealthy)
             .map(|n| async move {
-                let mut client = n.client.clone();
+                let Ok(mut client) = self.client(&n.name) else {
+                    return (n.name, None);
+                };
                 let reply = tokio::time::timeout(
-                    Duration::from_secs(5),
+                    self.state.config.probe_timeout.max(Duration::from_secs(2)),
                     client.list_services(agent::ListServicesRequest {}),
                 )
                 .await;
-                (n.name, reply)
+                (n.name, Some(reply))
             });
         for (name, reply) in futures_util::future::join_all(calls).await {
-            if let Ok(Ok(reply)) = reply {
+            if let Some(Ok(Ok(reply))) = reply {
                 self.state
                     .registry
                     .set_services(&name, reply.into_inner().services);
@@ -144,7 +155,7 @@ impl MasterService {
                 event: Some(wire::deploy_event::Event::Placed(wire::Placed { reason })),
             }))
             .await;
-        let mut client = node.client.clone();
+        let mut client = self.client(&node.name)?;
         let mut stream = client
             .deploy(agent::DeployRequest {
                 service: Some(agent::ServiceSpec::from(&def)),
@@ -175,7 +186,7 @@ impl MasterService {
         registry.set_service(&target, &def.name, Some(status));
         if let Some(old) = current.filter(|c| c != &target) {
             if let Some(old_node) = registry.node(&old) {
-                let mut client = old_node.client.clone();
+                let mut client = self.client(&old_node.name)?;
                 match client
                     .remove(agent::ServiceRequest {
                         service: def.name.clone(),
@@ -205,7 +216,7 @@ impl MasterService {
         check_service_name(&service)?;
         let node = self.node_for(&service)?;
         self.require(&node, rpc)?;
-        let mut client = node.client.clone();
+        let mut client = self.client(&node.name)?;
         let request = agent::ServiceRequest {
             service: service.clone(),
         };
@@ -230,12 +241,14 @@ impl MasterService {
 }
 
 type DeployStream = ReceiverStream<Result<wire::DeployEvent, Status>>;
+type HeartbeatStream = ReceiverStream<Result<wire::HeartbeatReply, Status>>;
 type LogStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<agent::LogChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Master for MasterService {
     type DeployStream = DeployStream;
+    type HeartbeatsStream = HeartbeatStream;
     type LogsStream = LogStream;
 
     async fn register(
@@ -258,10 +271,7 @@ impl Master for MasterService {
             mcp_types::name::check_dns_label(pool)
                 .map_err(|e| Status::invalid_argument(format!("pools: {e}")))?;
         }
-        let channel = self
-            .state
-            .transport
-            .lazy(&r.address)
+        mcp_proto::transport::uri_for(&r.address)
             .map_err(|e| Status::invalid_argument(format!("address: {e}")))?;
         let registry = &self.state.registry;
         let known = registry.node(&r.name);
@@ -274,21 +284,18 @@ impl Master for MasterService {
             rpcs: r.rpcs,
             pools: r.pools,
             resources: r.resources.unwrap_or_default(),
-            containers: r
-                .services
-                .iter()
-                .flat_map(|s| &s.components)
-                .filter(|c| c.observed == "running")
-                .count() as u32,
+            containers: r.containers,
             state: NodeState::Healthy,
             last_heartbeat: Instant::now(),
             last_probe: None,
-            digest: String::new(),
+            probe_in_flight: false,
+            digest: r.state_digest,
             services: r.services,
-            client: match &known {
-                Some(k) if k.address == r.address => k.client.clone(),
-                _ => AgentClient::new(channel),
-            },
+            client: known
+                .as_ref()
+                .filter(|k| k.address == r.address)
+                .and_then(|k| k.client.clone()),
+            session: known.as_ref().map_or(0, |k| k.session),
         };
         registry.write().insert(r.name.clone(), entry);
         match known {
@@ -305,30 +312,54 @@ impl Master for MasterService {
         }))
     }
 
-    async fn heartbeat(
+    async fn heartbeats(
         &self,
-        request: Request<wire::HeartbeatRequest>,
-    ) -> Result<Response<wire::HeartbeatReply>, Status> {
-        let r = request.into_inner();
-        let registry = &self.state.registry;
-        let send_full_state = {
-            let mut nodes = registry.write();
-            let Some(entry) = nodes.get_mut(&r.name) else {
-                return Err(Status::not_found(format!(
-                    "node {} is not registered; register first",
-                    r.name
-                )));
-            };
-            if let Some(resources) = r.resources {
-                entry.resources = resources;
+        request: Request<tonic::Streaming<wire::HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let session = state.registry.new_session();
+            let mut node: Option<String> = None;
+            while let Some(item) = inbound.next().await {
+                let Ok(beat) = item else { break };
+                match &node {
+                    Some(name) if name != &beat.name => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "heartbeat for {} on the stream of {name}",
+                                beat.name
+                            ))))
+                            .await;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => node = Some(beat.name.clone()),
+                }
+                let reply = match state.registry.heartbeat(&beat, session) {
+                    Ok(b) => Ok(wire::HeartbeatReply {
+                        send_full_state: b.send_full_state,
+                    }),
+                    Err(()) => Err(Status::not_found(format!(
+                        "node {} is not registered; register first",
+                        beat.name
+                    ))),
+                };
+                let refused = reply.is_err();
+                if tx.send(reply).await.is_err() || refused {
+                    break;
+                }
             }
-            entry.containers = r.containers;
-            let changed = !entry.digest.is_empty() && entry.digest != r.state_digest;
-            entry.digest = r.state_digest;
-            changed
-        };
-        registry.heal(&r.name);
-        Ok(Response::new(wire::HeartbeatReply { send_full_state }))
+            // The stream broke: if the agent died, a probe finds out now rather
+            // than after missed_heartbeats intervals.
+            if let Some(name) = node {
+                if state.registry.end_session(&name, session) {
+                    crate::health::probe(state.clone(), name, "heartbeat stream closed").await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn deploy(
@@ -446,7 +477,7 @@ impl Master for MasterService {
         check_service_name(&service)?;
         let node = self.node_for(&service)?;
         self.require(&node, "Remove")?;
-        let mut client = node.client.clone();
+        let mut client = self.client(&node.name)?;
         client
             .remove(agent::ServiceRequest {
                 service: service.clone(),
@@ -529,7 +560,7 @@ impl Master for MasterService {
         check_service_name(&r.service)?;
         let node = self.node_for(&r.service)?;
         self.require(&node, "Logs")?;
-        let mut client = node.client.clone();
+        let mut client = self.client(&node.name)?;
         let name = node.name.clone();
         let stream = client
             .logs(agent::LogsRequest {

@@ -1,0 +1,148 @@
+//! `mcp dev` as an operator runs it (SPEC §11): the seed fleet from the real binaries
+//! and config files at the documented paths; a process killed by hand is reported and
+//! the rest keep running; an interrupt stops everything it started.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn pid_of(dir: &std::path::Path, process: &str) -> u32 {
+    std::fs::read_to_string(dir.join("pids").join(format!("{process}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn mcp_dev_runs_the_seed_fleet() {
+    let bin = mcp_local_fleet::Binaries::find().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fleet");
+    let mut dev = Command::new(bin.path("mcp"))
+        .args([
+            "dev",
+            "--runtime",
+            "exec",
+            "--heartbeat-interval",
+            "200ms",
+            "--probe-timeout",
+            "300ms",
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(dev.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let stderr = dev.stderr.take().unwrap();
+    let (etx, erx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = etx.send(line.unwrap_or_default());
+        }
+    });
+    let ready = eventually(Duration::from_secs(30), || {
+        rx.recv_timeout(Duration::from_millis(100))
+            .ok()
+            .filter(|l| l.contains("mcp dev: running"))
+    });
+    assert!(
+        ready.is_some(),
+        "mcp dev did not come up; logs: {}",
+        std::fs::read_to_string(dir.join("logs/master.log")).unwrap_or_default()
+    );
+
+    // The documented files.
+    for path in [
+        "master/master.toml",
+        "rift/agent.toml",
+        "orion/agent.toml",
+        "hyperborea/agent.toml",
+        "svc/agent.toml",
+        "mcp.toml",
+        "logs/master.log",
+        "logs/rift.log",
+        "pids/master.pid",
+        "pids/svc.pid",
+    ] {
+        assert!(dir.join(path).is_file(), "{path} missing");
+    }
+    let hyperborea = std::fs::read_to_string(dir.join("hyperborea/agent.toml")).unwrap();
+    assert!(
+        hyperborea.contains("arch = \"arm64\"")
+            && hyperborea.contains("pi-pool")
+            && hyperborea.contains("127.0.0.13:9444"),
+        "{hyperborea}"
+    );
+
+    // The CLI works at once with the written config.
+    let config = dir.join("mcp.toml");
+    let out = Command::new(bin.path("mcp"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "node", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hyperborea", "orion", "rift", "svc"]);
+
+    // Kill one agent by hand: mcp dev says so and keeps the others running.
+    let orion = pid_of(&dir, "orion");
+    mcp_local_fleet::send_signal(orion, libc::SIGKILL);
+    let said = eventually(Duration::from_secs(5), || {
+        erx.recv_timeout(Duration::from_millis(100))
+            .ok()
+            .filter(|l| l.contains("orion exited"))
+    });
+    assert!(said.is_some(), "mcp dev did not report the dead agent");
+    let others: Vec<u32> = ["master", "rift", "hyperborea", "svc"]
+        .iter()
+        .map(|p| pid_of(&dir, p))
+        .collect();
+    assert!(
+        others.iter().all(|p| alive(*p)),
+        "the other processes keep running"
+    );
+
+    // Interrupt: everything it started stops.
+    mcp_local_fleet::send_signal(dev.id(), libc::SIGINT);
+    let status = eventually(Duration::from_secs(15), || dev.try_wait().ok().flatten());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "mcp dev did not exit cleanly: {status:?}"
+    );
+    assert!(
+        others.iter().all(|p| !alive(*p)),
+        "processes left running after mcp dev stopped"
+    );
+}
