@@ -165,10 +165,10 @@ impl Registry {
 
     /// Applies a heartbeat in one short write; Err when the node is not registered
     /// (the agent must register first).
-    pub fn heartbeat(&self, beat: &wire::HeartbeatRequest, session: u64) -> Result<Beat, ()> {
+    pub fn heartbeat(&self, beat: &wire::HeartbeatRequest, session: u64) -> Option<Beat> {
         let healed_from = {
             let mut nodes = self.write();
-            let entry = nodes.get_mut(&beat.name).ok_or(())?;
+            let entry = nodes.get_mut(&beat.name)?;
             if let Some(resources) = beat.resources {
                 entry.resources = resources;
             }
@@ -190,7 +190,7 @@ impl Registry {
                 format!("{} -> healthy: heartbeat", was.as_str()),
             );
         }
-        Ok(healed_from)
+        Some(healed_from)
     }
 
     /// A new heartbeat stream's id.

@@ -338,10 +338,10 @@ impl Master for MasterService {
                     None => node = Some(beat.name.clone()),
                 }
                 let reply = match state.registry.heartbeat(&beat, session) {
-                    Ok(b) => Ok(wire::HeartbeatReply {
+                    Some(b) => Ok(wire::HeartbeatReply {
                         send_full_state: b.send_full_state,
                     }),
-                    Err(()) => Err(Status::not_found(format!(
+                    None => Err(Status::not_found(format!(
                         "node {} is not registered; register first",
                         beat.name
                     ))),

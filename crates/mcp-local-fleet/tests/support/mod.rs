@@ -1,6 +1,6 @@
 //! Shared pieces of the end-to-end tests: the test image and binary, HTTP checks,
 //! and process inspection.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
