@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mcp_types::duration::serde_duration;
+use mcp_types::ByteSize;
 use serde::Deserialize;
 
 /// A node the master probes at start, before it has registered.
@@ -63,6 +64,48 @@ pub struct Config {
     pub bootstrap_nodes: Vec<BootstrapNode>,
     #[serde(default)]
     pub users: BTreeMap<String, User>,
+    #[serde(default)]
+    pub placement: PlacementConfig,
+}
+
+/// `[placement]`: what every node keeps for itself, and the observed free memory
+/// and disk below which a node takes no new service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// Cores held back on every node.
+    pub reserve_cpu: f64,
+    pub reserve_memory: ByteSize,
+    pub reserve_disk: ByteSize,
+    pub min_free_memory: ByteSize,
+    pub min_free_disk: ByteSize,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            reserve_cpu: 0.0,
+            reserve_memory: ByteSize::mib(256),
+            reserve_disk: ByteSize::gib(1),
+            min_free_memory: ByteSize::mib(64),
+            min_free_disk: ByteSize::mib(256),
+        }
+    }
+}
+
+impl PlacementConfig {
+    /// The placement policy these settings make.
+    pub fn policy(&self) -> mcp_placement::Policy {
+        mcp_placement::Policy {
+            reserve: mcp_placement::Capacity {
+                cpu: self.reserve_cpu,
+                memory: self.reserve_memory.0,
+                disk: self.reserve_disk.0,
+            },
+            min_free_memory: self.min_free_memory.0,
+            min_free_disk: self.min_free_disk.0,
+        }
+    }
 }
 
 fn default_heartbeat() -> Duration {
@@ -104,6 +147,9 @@ impl Config {
         }
         if self.probe_timeout.is_zero() {
             bail!("probe_timeout: must be above zero");
+        }
+        if !self.placement.reserve_cpu.is_finite() || self.placement.reserve_cpu < 0.0 {
+            bail!("placement.reserve_cpu: must be zero or more cores");
         }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats: must be at least 1");

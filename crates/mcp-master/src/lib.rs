@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod health;
-pub mod placement;
 pub mod registry;
 pub mod service;
 

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::Config;
-use crate::placement::{self, Candidate};
 use crate::registry::{NodeEntry, NodeState, Registry};
+use mcp_placement::{Capacity, Health, NodeView, PlacedService, Role, Snapshot};
 
 /// Shared master state.
 pub struct MasterState {
@@ -106,20 +106,55 @@ impl MasterService {
         }
     }
 
-    fn candidates(&self) -> Vec<Candidate> {
-        self.state
-            .registry
-            .nodes()
-            .into_iter()
-            .map(|n| Candidate {
-                healthy: n.state == NodeState::Healthy,
-                memory_free: n.resources.memory_free,
-                name: n.name,
-                role: n.role,
-                arch: n.arch,
-                pools: n.pools,
+    /// The fleet as placement sees it now: one snapshot per deploy batch.
+    fn snapshot(&self) -> Snapshot {
+        let nodes = self.state.registry.nodes();
+        let mut placed = Vec::new();
+        let views = nodes
+            .iter()
+            .map(|n| {
+                for s in &n.services {
+                    let r = s.spec.as_ref().and_then(|spec| spec.resources.as_ref());
+                    placed.push(PlacedService {
+                        service: s.name.clone(),
+                        node: n.name.clone(),
+                        requests: Capacity {
+                            cpu: r.and_then(|r| r.cpu).unwrap_or(0.0),
+                            memory: r.and_then(|r| r.memory).unwrap_or(0),
+                            disk: r.and_then(|r| r.disk).unwrap_or(0),
+                        },
+                    });
+                }
+                NodeView {
+                    name: n.name.clone(),
+                    role: if n.role == "worker" {
+                        Role::Worker
+                    } else {
+                        Role::Edge
+                    },
+                    arch: n.arch.parse().unwrap_or(mcp_types::Arch::Amd64),
+                    health: match n.state {
+                        NodeState::Healthy => Health::Healthy,
+                        NodeState::Probing => Health::Probing,
+                        NodeState::Unhealthy => Health::Unhealthy,
+                    },
+                    pools: n.pools.clone(),
+                    total: Capacity {
+                        cpu: n.resources.cpu_cores,
+                        memory: n.resources.memory_total,
+                        disk: n.resources.disk_total,
+                    },
+                    free_memory: n.resources.memory_free,
+                    free_disk: n.resources.disk_free,
+                }
             })
-            .collect()
+            .collect();
+        Snapshot::new(
+            views,
+            &placed,
+            self.state.config.placement.policy(),
+            &self.state.config.node,
+        )
     }
 
     /// Deploys one service: place, call the agent, forward its events, record the
@@ -127,26 +162,24 @@ impl MasterService {
     async fn deploy_one(
         &self,
         def: ServiceDef,
+        snapshot: &mut Snapshot,
         out: &mpsc::Sender<Result<wire::DeployEvent, Status>>,
     ) -> Result<(), Status> {
         let registry = &self.state.registry;
         let current = registry.locate(&def.name);
-        let target = placement::place(
-            &def,
-            &self.candidates(),
-            current.as_deref(),
-            &self.state.config.node,
-        )
-        .map_err(Status::failed_precondition)?;
+        let placement = snapshot
+            .place(&def, current.as_deref())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let target = placement.node;
         let node = registry
             .node(&target)
             .ok_or_else(|| Status::failed_precondition(format!("node {target} vanished")))?;
         self.require(&node, "Deploy")?;
         let reason = match &current {
-            Some(c) if c == &target => "stays where it runs".to_string(),
-            Some(c) => format!("moves from {c}"),
-            None => "placed".to_string(),
+            Some(c) if c != &target => format!("{}; moves from {c}", placement.reason),
+            _ => placement.reason,
         };
+        snapshot.commit(&def.name, &target, mcp_placement::requests_of(&def));
         registry.event(&target, format!("deploy {} ({reason})", def.name));
         let _ = out
             .send(Ok(wire::DeployEvent {
@@ -418,9 +451,10 @@ impl Master for MasterService {
         let (tx, rx) = mpsc::channel(256);
         let this = self.clone();
         tokio::spawn(async move {
+            let mut snapshot = this.snapshot();
             for def in ordered {
                 let name = def.name.clone();
-                if let Err(status) = this.deploy_one(def, &tx).await {
+                if let Err(status) = this.deploy_one(def, &mut snapshot, &tx).await {
                     tracing::warn!(service = %name, "deploy failed: {}", status.message());
                     let _ = tx
                         .send(Err(Status::new(
