@@ -18,11 +18,13 @@ use crate::config::Config;
 use crate::host::CpuSampler;
 use crate::node::Node;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// First wait before registering again; doubles per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Cap of the registration backoff (plus up to as much jitter).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A pseudo-random jitter in [0, max) from the clock and the node name; no RNG needed.
-fn jitter(max: Duration, salt: &str) -> Duration {
+pub fn jitter(max: Duration, salt: &str) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

@@ -2,6 +2,7 @@
 //! the conversions between wire and domain types (validated at the boundary), and the
 //! transport every process uses to listen and dial. The only crate that re-exports tonic.
 
+pub mod codec;
 pub mod convert;
 pub mod transport;
 
