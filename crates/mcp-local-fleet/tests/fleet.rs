@@ -132,6 +132,61 @@ fn fleet_registers_places_detects_failures_and_survives_the_master() {
     mcp_ok(&fleet, &["deploy", &write(dir, "fl-any1", "")]);
     assert_eq!(node_of(&fleet, "fl-any1"), before);
 
+    // depends_on orders a batch: given app before db, db is deployed first.
+    let app = write(dir, "fl-app", "depends_on = [\"fl-db\"]");
+    let db = write(dir, "fl-db", "");
+    mcp_ok(&fleet, &["deploy", &app, &db]);
+    let status = fleet.mcp_json(&["status"]).unwrap();
+    let order: Vec<&str> = status["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("deploy fl-db") || m.starts_with("deploy fl-app"))
+        .collect();
+    assert!(
+        order.len() == 2 && order[0].starts_with("deploy fl-db"),
+        "{order:?}"
+    );
+    let out = fleet.mcp(&[
+        "deploy",
+        &write(dir, "fl-orphan", "depends_on = [\"fl-nothing\"]"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unknown dependency is an invalid deploy"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fl-nothing"));
+
+    // A move: the service starts on the new node, then leaves the old one.
+    mcp_ok(
+        &fleet,
+        &["deploy", &write(dir, "fl-mover", "node = \"orion\"")],
+    );
+    assert_eq!(node_of(&fleet, "fl-mover"), "orion");
+    mcp_ok(
+        &fleet,
+        &["deploy", &write(dir, "fl-mover", "node = \"rift\"")],
+    );
+    assert_eq!(node_of(&fleet, "fl-mover"), "rift");
+    let moved = containers("fl-mover", None);
+    assert_eq!(moved.len(), 1, "exactly one copy after the move");
+    let label = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"mcp.node\"}}",
+            &moved[0],
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "rift");
+    assert!(serves(
+        &address_of(&fleet, "fl-mover"),
+        "hello from fl-mover on rift"
+    ));
+
     // Fits nowhere: every node and its reason.
     let out = fleet.mcp(&[
         "deploy",

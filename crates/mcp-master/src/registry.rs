@@ -314,3 +314,113 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(name: &str, digest: &str) -> NodeEntry {
+        NodeEntry {
+            name: name.to_string(),
+            role: "worker".to_string(),
+            address: "127.0.0.1:1".to_string(),
+            arch: "amd64".to_string(),
+            version: "0".to_string(),
+            rpcs: Vec::new(),
+            pools: Vec::new(),
+            resources: wire::NodeResources::default(),
+            containers: 0,
+            state: NodeState::Healthy,
+            last_heartbeat: Instant::now(),
+            last_probe: None,
+            probe_in_flight: false,
+            digest: digest.to_string(),
+            services: Vec::new(),
+            client: None,
+            session: 0,
+        }
+    }
+
+    fn beat(name: &str, digest: &str) -> wire::HeartbeatRequest {
+        wire::HeartbeatRequest {
+            name: name.to_string(),
+            resources: None,
+            containers: 3,
+            state_digest: digest.to_string(),
+        }
+    }
+
+    #[test]
+    fn heartbeats_need_registration_and_ask_for_state_on_a_new_digest() {
+        let registry = Registry::default();
+        assert!(registry.heartbeat(&beat("orion", "a"), 1).is_none());
+        registry.write().insert("orion".into(), entry("orion", "a"));
+        assert!(
+            !registry
+                .heartbeat(&beat("orion", "a"), 1)
+                .unwrap()
+                .send_full_state
+        );
+        assert!(
+            registry
+                .heartbeat(&beat("orion", "b"), 1)
+                .unwrap()
+                .send_full_state
+        );
+        assert_eq!(registry.node("orion").unwrap().containers, 3);
+    }
+
+    #[test]
+    fn probes_do_not_overrule_a_later_heartbeat() {
+        let registry = Registry::default();
+        registry.write().insert("orion".into(), entry("orion", "a"));
+        let started = registry.begin_probe("orion", "test").unwrap();
+        assert_eq!(registry.node("orion").unwrap().state, NodeState::Probing);
+        assert!(
+            registry.begin_probe("orion", "again").is_none(),
+            "one probe at a time"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        registry.heartbeat(&beat("orion", "a"), 1).unwrap();
+        registry.end_probe("orion", started, Err("timed out".into()));
+        assert_eq!(registry.node("orion").unwrap().state, NodeState::Healthy);
+    }
+
+    #[test]
+    fn an_unhealthy_node_stays_unhealthy_while_probed_again() {
+        let registry = Registry::default();
+        registry.write().insert("orion".into(), entry("orion", "a"));
+        let started = registry.begin_probe("orion", "test").unwrap();
+        registry.end_probe("orion", started, Err("refused".into()));
+        assert_eq!(registry.node("orion").unwrap().state, NodeState::Unhealthy);
+        let again = registry.begin_probe("orion", "test").unwrap();
+        assert_eq!(registry.node("orion").unwrap().state, NodeState::Unhealthy);
+        registry.end_probe("orion", again, Ok(()));
+        assert_eq!(registry.node("orion").unwrap().state, NodeState::Healthy);
+        let events: Vec<String> = registry.events().into_iter().map(|e| e.message).collect();
+        assert_eq!(
+            events,
+            [
+                "healthy -> probing: test",
+                "probing -> unhealthy: refused",
+                "unhealthy -> healthy: probe answered, but heartbeats are missing"
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_streams_do_not_trigger_probes() {
+        let registry = Registry::default();
+        registry.write().insert("orion".into(), entry("orion", "a"));
+        let old = registry.new_session();
+        registry.heartbeat(&beat("orion", "a"), old).unwrap();
+        let new = registry.new_session();
+        registry.heartbeat(&beat("orion", "a"), new).unwrap();
+        assert!(
+            !registry.end_session("orion", old),
+            "an old stream ending is not news"
+        );
+        assert!(registry.end_session("orion", new));
+    }
+}

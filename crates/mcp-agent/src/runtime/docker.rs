@@ -18,8 +18,8 @@ use futures_util::StreamExt;
 use mcp_types::RestartPolicy;
 
 use super::{
-    instance_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime, LABEL_COMPONENT,
-    LABEL_DIGEST, LABEL_NODE, LABEL_SERVICE,
+    container_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime,
+    LABEL_COMPONENT, LABEL_DIGEST, LABEL_NODE, LABEL_SERVICE,
 };
 
 /// A Docker Engine API endpoint (Docker itself, or Podman's compatible service).
@@ -241,7 +241,7 @@ impl Runtime for DockerRuntime {
             }),
             ..Default::default()
         };
-        let name = instance_name(&instance.service, &instance.component);
+        let name = container_name(&self.node, &instance.service, &instance.component);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -254,7 +254,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, service: &str, component: &str) -> anyhow::Result<()> {
-        let name = instance_name(service, component);
+        let name = container_name(&self.node, service, component);
         match self.docker.start_container(&name, None).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_modified(&e) => Ok(()),
@@ -263,7 +263,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn stop(&self, service: &str, component: &str) -> anyhow::Result<()> {
-        let name = instance_name(service, component);
+        let name = container_name(&self.node, service, component);
         let options = StopContainerOptions {
             t: Some(STOP_TIMEOUT_S),
             signal: None,
@@ -276,7 +276,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, service: &str, component: &str) -> anyhow::Result<()> {
-        let name = instance_name(service, component);
+        let name = container_name(&self.node, service, component);
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -343,7 +343,7 @@ impl Runtime for DockerRuntime {
         follow: bool,
         tail: Option<u32>,
     ) -> anyhow::Result<LogStream> {
-        let name = instance_name(service, component);
+        let name = container_name(&self.node, service, component);
         let options = LogsOptions {
             follow,
             stdout: true,

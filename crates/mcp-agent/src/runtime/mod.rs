@@ -108,3 +108,10 @@ pub trait Runtime: Send + Sync {
 pub fn instance_name(service: &str, component: &str) -> String {
     format!("mcp.{service}.{component}")
 }
+
+/// A container's name: the instance name and the node, `mcp.<service>.<component>.<node>`,
+/// so nodes that share one engine (`mcp dev`, tests) never collide, even while a
+/// service moves between them.
+pub fn container_name(node: &str, service: &str, component: &str) -> String {
+    format!("{}.{node}", instance_name(service, component))
+}
