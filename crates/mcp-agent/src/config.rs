@@ -60,7 +60,7 @@ pub struct Config {
     #[serde(default)]
     pub pools: Vec<String>,
     /// Needed on first start only.
-    pub join_token: Option<String>,
+    pub join_token: Option<mcp_pki::Secret>,
     /// Edge role only.
     pub proxy_admin_socket: Option<PathBuf>,
 }
@@ -103,6 +103,10 @@ impl Config {
                 "listen: give the node's own address, not {}",
                 self.listen.ip()
             );
+        }
+        if let Some(token) = &self.join_token {
+            mcp_pki::join::JoinToken::parse(token.expose())
+                .map_err(|e| anyhow::anyhow!("join_token: {e}"))?;
         }
         if self.role == Role::Edge && self.proxy_admin_socket.is_none() {
             bail!("proxy_admin_socket: required for role = \"edge\"");
@@ -151,13 +155,17 @@ runtime = "docker"
 runtime_socket = "/var/run/docker.sock"
 arch = "arm64"
 pools = ["pi-pool"]
-join_token = "MCPJOIN-1-abc-def"
+join_token = "MCPJOIN-1-0000000000000000000000000000000000000000000000000000000000000000-1111111111111111111111111111111111111111111111111111111111111111"
 "#;
 
     #[test]
     fn parses_the_spec_example() {
         let c = Config::parse("agent.toml", GOOD).unwrap();
         assert_eq!(c.name, "hyperborea");
+        assert!(
+            !format!("{c:?}").contains("1111111111"),
+            "the join secret must not print"
+        );
         assert_eq!(c.arch(), Arch::Arm64);
         assert_eq!(c.pools, vec!["pi-pool"]);
         assert_eq!(c.node_ip().to_string(), "127.0.0.13");
@@ -178,6 +186,7 @@ join_token = "MCPJOIN-1-abc-def"
                 "proxy_admin_socket",
             ),
             (GOOD.replace("\"docker\"", "\"lxc\""), "unknown variant"),
+            (GOOD.replace("MCPJOIN-1-", "SWMTKN-1-"), "join_token"),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", Config::parse("agent.toml", &text).unwrap_err());

@@ -2,12 +2,14 @@
 //! container runtime or the exec driver, keeping their desired state in SQLite; as an
 //! edge node it runs none. It dials only the master, and answers the master's RPCs.
 
+pub mod certs;
 pub mod config;
 pub mod host;
 pub mod node;
 pub mod process;
 pub mod register;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod store;
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mcp_proto::agent::v1::agent_server::AgentServer;
-use mcp_proto::transport::ServerTransport;
+use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::{Config, RuntimeKind};
 use crate::runtime::Runtime;
@@ -63,7 +65,25 @@ pub async fn run(
         &config.name,
         supervisor_exe,
     )?);
-    let node = Arc::new(node::Node::new(&config, store, container, exec));
+    let tls = security::node_tls(&config, &data_dir).await?;
+    let master_transport = ClientTransport {
+        connect_timeout: Some(std::time::Duration::from_secs(3)),
+        request_timeout: None,
+        tls: Some(tls.master.clone()),
+    };
+    let issuer = certs::CertIssuer {
+        client: mcp_proto::master::v1::master_client::MasterClient::new(
+            master_transport.lazy(&config.master)?,
+        ),
+        node: config.name.clone(),
+    };
+    let node = Arc::new(node::Node::new(
+        &config,
+        store,
+        container,
+        exec,
+        Some(issuer),
+    ));
 
     // Adoption: whatever runs with this node's label is found, not started again.
     let adopted = node.observe().await?;
@@ -78,7 +98,10 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server_transport = ServerTransport {
+        tls: Some(tls.server.clone()),
+    };
+    let incoming = server_transport.incoming(listener);
     let nudge = Arc::new(tokio::sync::Notify::new());
     let service = server::AgentService {
         node: node.clone(),
@@ -86,12 +109,14 @@ pub async fn run(
     };
     let register = tokio::spawn(register::run(
         config.clone(),
+        master_transport,
         node.clone(),
         nudge,
         shutdown.clone(),
     ));
+    let renew = tokio::spawn(certs::renew_loop(node.clone(), shutdown.clone()));
     let mut stop = shutdown.clone();
-    ServerTransport::default()
+    server_transport
         .server()
         .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(incoming, async move {
@@ -100,5 +125,6 @@ pub async fn run(
         .await
         .context("serve agent RPCs")?;
     let _ = register.await;
+    let _ = renew.await;
     Ok(())
 }

@@ -58,6 +58,16 @@ pub struct Node {
     container: Option<Arc<dyn Runtime>>,
     exec: Arc<dyn Runtime>,
     lock: Mutex<()>,
+    /// Internal certificates from the master; None where no master CA is reachable
+    /// (unit tests).
+    certs: Option<crate::certs::CertIssuer>,
+}
+
+/// Unix seconds now.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Progress sink of a deploy: events for the caller.
@@ -89,6 +99,7 @@ impl Node {
         store: Store,
         container: Option<Arc<dyn Runtime>>,
         exec: Arc<dyn Runtime>,
+        certs: Option<crate::certs::CertIssuer>,
     ) -> Node {
         Node {
             name: config.name.clone(),
@@ -99,6 +110,7 @@ impl Node {
             container,
             exec,
             lock: Mutex::new(()),
+            certs,
         }
     }
 
@@ -273,7 +285,12 @@ impl Node {
         step(events, "record", "", "desired state committed").await;
 
         let mut created: Vec<(Driver, String)> = Vec::new();
-        match self.converge(&record, events, &mut created).await {
+        let provisioned = self.provision_cert(&def, events).await;
+        let result = match provisioned {
+            Ok(()) => self.converge(&record, events, &mut created).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => {
                 step(events, "done", "", "running").await;
                 Ok(self.status_of(&record).await?)
@@ -303,6 +320,48 @@ impl Node {
                 Err(failure.into())
             }
         }
+    }
+
+    /// Obtains the service's internal certificate when it has routes (and the node
+    /// has a master to ask).
+    async fn provision_cert(&self, def: &ServiceDef, events: &Events) -> Result<(), StepError> {
+        let has_routes = def.components.iter().any(|c| !c.routes.is_empty());
+        let Some(issuer) = self.certs.as_ref().filter(|_| has_routes) else {
+            return Ok(());
+        };
+        let dir = self.service_dir(&def.name).at("certificate")?;
+        let (not_before, not_after) = issuer.provision(&def.name, &dir).await.at("certificate")?;
+        self.store
+            .put_cert(&def.name, not_before, not_after)
+            .at("certificate")?;
+        step(
+            events,
+            "certificate",
+            "",
+            format!(
+                "{} internal certificate written to {}/certs",
+                def.name,
+                dir.display()
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// (service, not_before, not_after) of every internal certificate.
+    pub fn cert_schedule(&self) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        self.store.certs()
+    }
+
+    /// Replaces a service's internal certificate with a fresh one.
+    pub async fn renew_cert(&self, service: &str) -> anyhow::Result<()> {
+        let issuer = self
+            .certs
+            .as_ref()
+            .context("no master to ask for certificates")?;
+        let dir = self.service_dir(service)?;
+        let (not_before, not_after) = issuer.provision(service, &dir).await?;
+        self.store.put_cert(service, not_before, not_after)
     }
 
     /// Makes the runtimes match a record whose desired state is running: pulls images,
@@ -479,6 +538,12 @@ impl Node {
             for runtime in self.runtimes() {
                 runtime.remove(service, component).await.at("remove")?;
             }
+        }
+        let certs = self.srv_root.join(service).join("certs");
+        if certs.exists() {
+            std::fs::remove_dir_all(&certs)
+                .with_context(|| format!("remove {}", certs.display()))
+                .at("certificate")?;
         }
         self.store.delete(service).at("record")?;
         Ok(())

@@ -146,14 +146,11 @@ impl Registrar {
 /// Registers and heartbeats until `shutdown` fires. `nudge` re-registers at once.
 pub async fn run(
     config: Config,
+    transport: ClientTransport,
     node: Arc<Node>,
     nudge: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let transport = ClientTransport {
-        connect_timeout: Some(Duration::from_secs(3)),
-        request_timeout: None,
-    };
     let channel = match transport.lazy(&config.master) {
         Ok(channel) => channel,
         Err(e) => {

@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS services (
     desired TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS certs (
+    service TEXT PRIMARY KEY,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ports (
     service TEXT NOT NULL,
     component TEXT NOT NULL,
@@ -137,6 +142,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM ports WHERE service = ?1", params![service])?;
+        tx.execute("DELETE FROM certs WHERE service = ?1", params![service])?;
         tx.execute("DELETE FROM services WHERE name = ?1", params![service])?;
         tx.commit().context("commit removal")?;
         Ok(())
@@ -179,6 +185,25 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Records a service's internal certificate lifetime (Unix seconds).
+    pub fn put_cert(&self, service: &str, not_before: i64, not_after: i64) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO certs (service, not_before, not_after) VALUES (?1, ?2, ?3)
+             ON CONFLICT(service) DO UPDATE SET not_before = ?2, not_after = ?3",
+            params![service, not_before, not_after],
+        )?;
+        Ok(())
+    }
+
+    /// Every service certificate: (service, not_before, not_after).
+    pub fn certs(&self) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT service, not_before, not_after FROM certs ORDER BY service")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every host port recorded for any service.

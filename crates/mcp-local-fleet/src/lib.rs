@@ -176,12 +176,74 @@ pub struct Fleet {
 
 impl Fleet {
     /// Writes the configs.
-    pub fn write_configs(spec: &FleetSpec) -> anyhow::Result<()> {
+    /// Initialises the fleet's security once per DIR: the master's CA (`mcp-master
+    /// init`) and the operators' password. Returns (join token, password).
+    pub fn init(spec: &FleetSpec, bin: &Binaries) -> anyhow::Result<(String, String)> {
         let dir = &spec.dir;
         for sub in ["master", "logs", "pids", "srv"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("create {}", dir.join(sub).display()))?;
         }
+        let master_dir = dir.join("master");
+        let sub = if master_dir.join("ca.pem").exists() {
+            "join-token"
+        } else {
+            "init"
+        };
+        let out = Command::new(bin.path("mcp-master"))
+            .arg(sub)
+            .arg("--data-dir")
+            .arg(&master_dir)
+            .output()
+            .context("run mcp-master init")?;
+        if !out.status.success() {
+            bail!(
+                "mcp-master {sub} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let password_file = dir.join("admin-password");
+        let password = match std::fs::read_to_string(&password_file) {
+            Ok(p) => p.trim().to_string(),
+            Err(_) => {
+                let mut bytes = [0u8; 16];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                    .context("read /dev/urandom")?;
+                let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                write_private(&password_file, password.as_bytes())?;
+                password
+            }
+        };
+        Ok((token, password))
+    }
+
+    /// Writes every config file.
+    pub fn write_configs(
+        spec: &FleetSpec,
+        bin: &Binaries,
+        join_token: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        let dir = &spec.dir;
+        let hash = {
+            use std::io::Write;
+            let mut child = Command::new(bin.path("mcp-master"))
+                .arg("hash-password")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("run mcp-master hash-password")?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(password.as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!("mcp-master hash-password failed");
+            }
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
         let master = format!(
             "node = {}\nlisten = {}\ndata_dir = {}\ndomain = {}\nallowed_domains = [{}]\nheartbeat_interval = {}\nmissed_heartbeats = {}\nprobe_timeout = {}\n",
             quote(&spec.master_node),
@@ -208,6 +270,13 @@ impl Fleet {
                 .collect();
             master.push_str(&format!("bootstrap_nodes = [{}]\n", nodes.join(", ")));
         }
+        for (user, role) in [("admin", "admin"), ("viewer", "viewer")] {
+            master.push_str(&format!(
+                "[users.{user}]\npassword_hash = {}\nrole = {}\n",
+                quote(&hash),
+                quote(role)
+            ));
+        }
         std::fs::write(dir.join("master/master.toml"), master).context("write master.toml")?;
         for node in &spec.nodes {
             let node_dir = dir.join(&node.name);
@@ -223,6 +292,7 @@ impl Fleet {
                 quote(&dir.join("srv").join(&node.name).display().to_string()),
                 quote(&spec.runtime),
             );
+            agent.push_str(&format!("join_token = {}\n", quote(join_token)));
             if let Some(socket) = &spec.runtime_socket {
                 agent.push_str(&format!(
                     "runtime_socket = {}\n",
@@ -243,10 +313,39 @@ impl Fleet {
                 let pools: Vec<String> = node.pools.iter().map(|p| quote(p)).collect();
                 agent.push_str(&format!("pools = [{}]\n", pools.join(", ")));
             }
-            std::fs::write(node_dir.join("agent.toml"), agent).context("write agent.toml")?;
+            write_private(&node_dir.join("agent.toml"), agent.as_bytes())?;
         }
-        let cli = format!("master = {}\n", quote(&spec.master_address()));
+        let cli = format!(
+            "master = {}\nca_cert = \"master/ca.pem\"\ntoken_file = \"token\"\n",
+            quote(&spec.master_address())
+        );
         std::fs::write(dir.join("mcp.toml"), cli).context("write mcp.toml")?;
+        Ok(())
+    }
+
+    /// `mcp login` as `user` with the fleet's password, writing DIR/token.
+    pub fn login(&self, user: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let password = std::fs::read_to_string(self.spec.dir.join("admin-password"))?;
+        let mut child = Command::new(self.bin.path("mcp"))
+            .arg("--config")
+            .arg(self.spec.dir.join("mcp.toml"))
+            .args(["-q", "login", "--user", user, "--password-stdin"])
+            .env_remove("MCP_MASTER")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("run mcp login")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(password.trim().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "mcp login --user {user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         Ok(())
     }
 
@@ -254,7 +353,8 @@ impl Fleet {
     /// node has registered.
     pub fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
         let bin = Binaries::find()?;
-        Fleet::write_configs(&spec)?;
+        let (token, password) = Fleet::init(&spec, &bin)?;
+        Fleet::write_configs(&spec, &bin, &token, &password)?;
         let mut fleet = Fleet {
             spec,
             bin,
@@ -262,6 +362,7 @@ impl Fleet {
             agents: BTreeMap::new(),
         };
         fleet.start_master()?;
+        fleet.login("admin")?;
         let names: Vec<String> = fleet.spec.nodes.iter().map(|n| n.name.clone()).collect();
         for name in &names {
             fleet.start_agent(name)?;
@@ -296,9 +397,12 @@ impl Fleet {
         })
     }
 
+    /// Starts the master and waits until it listens.
     pub fn start_master(&mut self) -> anyhow::Result<()> {
         let config = self.spec.dir.join("master/master.toml");
-        let proc = self.spawn("master", "mcp-master", config)?;
+        let mut proc = self.spawn("master", "mcp-master", config)?;
+        let address = self.spec.master_address();
+        wait_listening(&mut proc, &address, || self.log("master"))?;
         self.master = Some(proc);
         Ok(())
     }
@@ -314,29 +418,7 @@ impl Fleet {
         let address = format!("{}:{}", node.ip, self.spec.agent_port);
         let config = self.spec.dir.join(name).join("agent.toml");
         let mut proc = self.spawn(name, "mcp-agent", config)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                bail!(
-                    "agent {name} exited at start ({status}): {}",
-                    self.log(name)
-                );
-            }
-            if let Ok(addr) = address.parse() {
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                send_signal(proc.child.id(), libc::SIGKILL);
-                let _ = proc.child.wait();
-                bail!(
-                    "agent {name} did not listen on {address} within 20s: {}",
-                    self.log(name)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(&mut proc, &address, || self.log(name))?;
         self.agents.insert(name.to_string(), proc);
         Ok(())
     }
@@ -459,6 +541,47 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits until `proc` accepts connections on `address` (20 s), failing early if it
+/// exits; `log` tells why.
+fn wait_listening(proc: &mut Proc, address: &str, log: impl Fn() -> String) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("{} exited at start ({status}): {}", proc.name, log());
+        }
+        if let Ok(addr) = address.parse() {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            send_signal(proc.child.id(), libc::SIGKILL);
+            let _ = proc.child.wait();
+            bail!(
+                "{} did not listen on {address} within 20s: {}",
+                proc.name,
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a file only its owner can read (it holds a secret).
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Sends a signal to a process this fleet started.

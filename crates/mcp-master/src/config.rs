@@ -34,6 +34,16 @@ pub struct User {
     pub role: UserRole,
 }
 
+impl UserRole {
+    /// The token role this config role grants.
+    pub fn role(self) -> mcp_pki::token::Role {
+        match self {
+            UserRole::Admin => mcp_pki::token::Role::Admin,
+            UserRole::Viewer => mcp_pki::token::Role::Viewer,
+        }
+    }
+}
+
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("User")
@@ -66,6 +76,22 @@ pub struct Config {
     pub users: BTreeMap<String, User>,
     #[serde(default)]
     pub placement: PlacementConfig,
+    /// How long an operator token from `mcp login` lasts.
+    #[serde(default = "default_token_ttl", with = "serde_duration")]
+    pub token_ttl: Duration,
+    /// Lifetime of a service's internal certificate; renewed at two thirds.
+    #[serde(default = "default_service_cert_ttl", with = "serde_duration")]
+    pub service_cert_ttl: Duration,
+    /// Check operator tokens with this RFC 7662-style endpoint (MCIAS) instead of
+    /// signing them here, e.g. "http://127.0.0.1:8080/oauth/introspect".
+    pub introspection_url: Option<String>,
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_service_cert_ttl() -> Duration {
+    Duration::from_secs(30 * 86400)
 }
 
 /// `[placement]`: what every node keeps for itself, and the observed free memory
@@ -150,6 +176,9 @@ impl Config {
         }
         if !self.placement.reserve_cpu.is_finite() || self.placement.reserve_cpu < 0.0 {
             bail!("placement.reserve_cpu: must be zero or more cores");
+        }
+        if self.token_ttl.is_zero() || self.service_cert_ttl.is_zero() {
+            bail!("token_ttl and service_cert_ttl must be above zero");
         }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats: must be at least 1");

@@ -61,7 +61,7 @@ pub async fn bootstrap(state: Arc<MasterState>) {
     let calls = state.config.bootstrap_nodes.iter().map(|b| {
         let state = state.clone();
         async move {
-            let channel = match state.transport.lazy(&b.address) {
+            let channel = match state.transport.named(&b.name).lazy(&b.address) {
                 Ok(channel) => channel,
                 Err(e) => return (b.name.clone(), Err(e.to_string())),
             };

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod health;
 pub mod registry;
+pub mod security;
 pub mod service;
 
 use std::sync::Arc;
@@ -25,15 +26,18 @@ pub async fn run(
     config: Config,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // An uninitialised data dir is refused before any socket is bound.
+    let security = security::Security::load(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    serve(config, listener, shutdown).await
+    serve(config, security, listener, shutdown).await
 }
 
 /// Runs the master on a bound listener (tests bind first to learn the port).
 pub async fn serve(
     config: Config,
+    security: security::Security,
     listener: tokio::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -46,19 +50,25 @@ pub async fn serve(
         users = config.users.len(),
         "master starting"
     );
+    let server_transport = ServerTransport {
+        tls: Some(security.server.clone()),
+    };
     let state = Arc::new(MasterState {
         registry: registry::Registry::default(),
         transport: ClientTransport {
             connect_timeout: Some(config.probe_timeout.min(Duration::from_secs(5))),
             request_timeout: None,
+            tls: Some(security.agent_client.clone()),
         },
+        placements: std::sync::Mutex::default(),
+        security,
         config,
     });
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = server_transport.incoming(listener);
     let mut stop = shutdown.clone();
-    ServerTransport::default()
+    server_transport
         .server()
         .add_service(MasterServer::new(MasterService { state }))
         .serve_with_incoming_shutdown(incoming, async move {

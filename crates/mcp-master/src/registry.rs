@@ -153,8 +153,13 @@ impl Registry {
             }
             entry.address.clone()
         };
-        let client = AgentClient::new(transport.lazy(&address).map_err(|e| e.to_string())?)
-            .max_decoding_message_size(64 * 1024 * 1024);
+        let client = AgentClient::new(
+            transport
+                .named(name)
+                .lazy(&address)
+                .map_err(|e| e.to_string())?,
+        )
+        .max_decoding_message_size(64 * 1024 * 1024);
         if let Some(entry) = self.write().get_mut(name) {
             if entry.address == address {
                 entry.client.get_or_insert_with(|| client.clone());

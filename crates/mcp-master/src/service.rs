@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::Config;
 use crate::registry::{NodeEntry, NodeState, Registry};
+use mcp_pki::tls::PeerInfo;
 use mcp_placement::{Capacity, Health, NodeView, PlacedService, Role, Snapshot};
 
 /// Shared master state.
@@ -26,6 +27,44 @@ pub struct MasterState {
     pub config: Config,
     pub registry: Registry,
     pub transport: ClientTransport,
+    pub security: crate::security::Security,
+    /// Services being deployed, by node, so that node may ask for the service's
+    /// certificate before the deploy completes.
+    pub placements: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// Read-only commands, or ones that change the fleet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// The client's certificate, as the transport recorded it.
+fn peer<T>(request: &Request<T>) -> PeerInfo {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .unwrap_or(PeerInfo {
+            remote: None,
+            certs: None,
+        })
+}
+
+/// The caller must hold `node`'s certificate.
+fn require_node(peer: &PeerInfo, node: &str) -> Result<(), Status> {
+    if !peer.has_cert() {
+        return Err(Status::unauthenticated(format!(
+            "node {node} presented no certificate: enroll it with a join token first"
+        )));
+    }
+    if !peer.is(node) {
+        return Err(Status::permission_denied(format!(
+            "the caller's certificate is not for node {node}: a node may speak only for itself"
+        )));
+    }
+    Ok(())
 }
 
 /// The service implementation.
@@ -58,6 +97,38 @@ impl MasterService {
         registry
             .node(&name)
             .ok_or_else(|| Status::not_found(format!("node {name} is not registered")))
+    }
+
+    /// The operator behind a request: a valid bearer token, with the admin role for
+    /// anything that changes the fleet.
+    async fn operator<T>(
+        &self,
+        request: &Request<T>,
+        access: Access,
+        what: &str,
+    ) -> Result<mcp_pki::token::Claims, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("no token: run `mcp login`"))?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let token = mcp_pki::token::parse_bearer(header)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let claims = self
+            .state
+            .security
+            .check(token)
+            .await
+            .map_err(Status::unauthenticated)?;
+        if access == Access::Write && claims.role != mcp_pki::token::Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "{} has the {} role; {what} needs admin",
+                claims.user,
+                claims.role.as_str()
+            )));
+        }
+        Ok(claims)
     }
 
     /// A client for a node's agent.
@@ -180,6 +251,9 @@ impl MasterService {
             _ => placement.reason,
         };
         snapshot.commit(&def.name, &target, mcp_placement::requests_of(&def));
+        if let Ok(mut p) = self.state.placements.lock() {
+            p.insert(def.name.clone(), target.clone());
+        }
         registry.event(&target, format!("deploy {} ({reason})", def.name));
         let _ = out
             .send(Ok(wire::DeployEvent {
@@ -284,13 +358,121 @@ impl Master for MasterService {
     type HeartbeatsStream = HeartbeatStream;
     type LogsStream = LogStream;
 
+    async fn enroll(
+        &self,
+        request: Request<wire::EnrollRequest>,
+    ) -> Result<Response<wire::EnrollReply>, Status> {
+        let r = request.into_inner();
+        mcp_types::name::check_dns_label(&r.name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        if r.name == mcp_pki::MASTER_NAME {
+            return Err(Status::invalid_argument(format!(
+                "name: {} is reserved for the master",
+                r.name
+            )));
+        }
+        if !self.state.security.join_secret_ok(&r.secret) {
+            tracing::warn!(node = %r.name, "enrollment refused: wrong join secret");
+            return Err(Status::unauthenticated(
+                "the join token's secret is wrong: `mcp-master join-token` prints the right one",
+            ));
+        }
+        let issued = self
+            .state
+            .security
+            .ca
+            .issue(&[r.name.clone()], Duration::from_secs(365 * 86400))
+            .map_err(|e| Status::internal(format!("issue the node certificate: {e}")))?;
+        self.state.registry.event(&r.name, "enrolled".to_string());
+        Ok(Response::new(wire::EnrollReply {
+            ca_pem: self.state.security.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.expose().to_string(),
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<wire::IssueCertificateRequest>,
+    ) -> Result<Response<wire::IssueCertificateReply>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        check_service_name(&r.service)?;
+        require_node(&peer, &r.node)?;
+        let placed = self
+            .state
+            .placements
+            .lock()
+            .map(|p| p.get(&r.service) == Some(&r.node))
+            .unwrap_or(false);
+        if !placed && self.state.registry.locate(&r.service).as_deref() != Some(r.node.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "service {} is not placed on node {}",
+                r.service, r.node
+            )));
+        }
+        let name = format!("{}.svc.mcp.{}", r.service, self.state.config.domain);
+        let issued = self
+            .state
+            .security
+            .ca
+            .issue(&[name.clone()], self.state.config.service_cert_ttl)
+            .map_err(|e| Status::internal(format!("issue the service certificate: {e}")))?;
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        Ok(Response::new(wire::IssueCertificateReply {
+            ca_pem: self.state.security.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.expose().to_string(),
+            not_before: crate::security::now() as i64,
+            not_after: unix(issued.not_after),
+            names: vec![name],
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<wire::LoginRequest>,
+    ) -> Result<Response<wire::LoginReply>, Status> {
+        let r = request.into_inner();
+        if self.state.security.uses_introspection() {
+            return Err(Status::failed_precondition(
+                "this master checks tokens with its identity service; log in there",
+            ));
+        }
+        let refused = || Status::unauthenticated("unknown user or wrong password");
+        let user = self.state.config.users.get(&r.user).ok_or_else(refused)?;
+        let password = mcp_pki::Secret::new(r.password);
+        let ok = mcp_pki::password::verify_password(&password, &user.password_hash)
+            .map_err(|e| Status::internal(format!("users.{}.password_hash: {e}", r.user)))?;
+        if !ok {
+            tracing::warn!(user = %r.user, "login refused");
+            return Err(refused());
+        }
+        let role = user.role.role();
+        let (token, expires_at) =
+            self.state
+                .security
+                .sign(&r.user, role, self.state.config.token_ttl);
+        tracing::info!(user = %r.user, role = role.as_str(), "logged in");
+        Ok(Response::new(wire::LoginReply {
+            token: token.expose().to_string(),
+            expires_at: expires_at as i64,
+            role: role.as_str().to_string(),
+        }))
+    }
+
     async fn register(
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterReply>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
         mcp_types::name::check_dns_label(&r.name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        require_node(&peer, &r.name)?;
         if r.role != "worker" && r.role != "edge" {
             return Err(Status::invalid_argument(format!(
                 "role: unknown role {:?}",
@@ -349,6 +531,7 @@ impl Master for MasterService {
         &self,
         request: Request<tonic::Streaming<wire::HeartbeatRequest>>,
     ) -> Result<Response<HeartbeatStream>, Status> {
+        let peer = peer(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let state = self.state.clone();
@@ -357,6 +540,10 @@ impl Master for MasterService {
             let mut node: Option<String> = None;
             while let Some(item) = inbound.next().await {
                 let Ok(beat) = item else { break };
+                if let Err(status) = require_node(&peer, &beat.name) {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
                 match &node {
                     Some(name) if name != &beat.name => {
                         let _ = tx
@@ -399,6 +586,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::DeployRequest>,
     ) -> Result<Response<DeployStream>, Status> {
+        self.operator(&request, Access::Write, "deploy").await?;
         let r = request.into_inner();
         if r.definitions.is_empty() {
             return Err(Status::invalid_argument("no definitions given"));
@@ -473,6 +661,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::ServiceReply>, Status> {
+        self.operator(&request, Access::Write, "stop").await?;
         let status = self.lifecycle(request.into_inner().service, "Stop").await?;
         Ok(Response::new(wire::ServiceReply {
             status: Some(status),
@@ -483,6 +672,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::ServiceReply>, Status> {
+        self.operator(&request, Access::Write, "start").await?;
         let status = self
             .lifecycle(request.into_inner().service, "Start")
             .await?;
@@ -495,6 +685,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::ServiceReply>, Status> {
+        self.operator(&request, Access::Write, "restart").await?;
         let status = self
             .lifecycle(request.into_inner().service, "Restart")
             .await?;
@@ -507,6 +698,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::RemoveReply>, Status> {
+        self.operator(&request, Access::Write, "remove").await?;
         let service = request.into_inner().service;
         check_service_name(&service)?;
         let node = self.node_for(&service)?;
@@ -530,8 +722,9 @@ impl Master for MasterService {
 
     async fn list(
         &self,
-        _request: Request<wire::ListRequest>,
+        request: Request<wire::ListRequest>,
     ) -> Result<Response<wire::ListReply>, Status> {
+        self.operator(&request, Access::Read, "list").await?;
         self.refresh().await;
         let mut services: Vec<agent::ServiceStatus> = self
             .state
@@ -548,6 +741,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::StatusReply>, Status> {
+        self.operator(&request, Access::Read, "status").await?;
         let r = request.into_inner();
         self.refresh().await;
         let nodes: Vec<NodeEntry> = self.state.registry.nodes();
@@ -590,6 +784,7 @@ impl Master for MasterService {
         &self,
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
+        self.operator(&request, Access::Read, "logs").await?;
         let r = request.into_inner();
         check_service_name(&r.service)?;
         let node = self.node_for(&r.service)?;
@@ -613,8 +808,9 @@ impl Master for MasterService {
 
     async fn list_nodes(
         &self,
-        _request: Request<wire::ListNodesRequest>,
+        request: Request<wire::ListNodesRequest>,
     ) -> Result<Response<wire::ListNodesReply>, Status> {
+        self.operator(&request, Access::Read, "node list").await?;
         let nodes = self
             .state
             .registry

@@ -2,17 +2,37 @@
 //! here so that TLS (and mutual TLS for agents) is a property of the transport, set in
 //! one place, rather than something each caller remembers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use mcp_pki::tls::{Connector, ServerConn, ServerTls};
 use tonic::transport::{Channel, Endpoint};
 
-/// How a client reaches a peer. TLS settings join this struct; callers do not change.
+/// TLS for a client: whom to trust and what name the server must have.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<mcp_pki::rustls::ClientConfig>,
+    /// The DNS name the server's certificate must hold (`mcp-master`, a node name).
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// How a client reaches a peer.
 #[derive(Clone, Debug, Default)]
 pub struct ClientTransport {
     /// Bound on establishing a connection.
     pub connect_timeout: Option<Duration>,
     /// Bound on each request, streaming ones excepted.
     pub request_timeout: Option<Duration>,
+    /// None only in tests of the transport itself: every MCP process sets it.
+    pub tls: Option<ClientTls>,
 }
 
 /// An address that cannot be dialled.
@@ -74,15 +94,39 @@ impl ClientTransport {
         Ok(endpoint)
     }
 
+    /// The same transport, expecting the server's certificate to be for `name`.
+    pub fn named(&self, name: &str) -> ClientTransport {
+        let mut t = self.clone();
+        if let Some(tls) = &mut t.tls {
+            tls.server_name = name.to_string();
+        }
+        t
+    }
+
+    fn connector(&self) -> Option<Connector> {
+        self.tls.as_ref().map(|tls| Connector {
+            config: tls.config.clone(),
+            server_name: tls.server_name.clone(),
+        })
+    }
+
     /// A channel that connects on first use and reconnects as needed.
     pub fn lazy(&self, address: &str) -> Result<Channel, AddressError> {
-        Ok(self.endpoint(address)?.connect_lazy())
+        let endpoint = self.endpoint(address)?;
+        Ok(match self.connector() {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector),
+            None => endpoint.connect_lazy(),
+        })
     }
 
     /// A channel connected now.
     pub async fn connect(&self, address: &str) -> Result<Channel, ConnectError> {
         let endpoint = self.endpoint(address)?;
-        endpoint.connect().await.map_err(|e| ConnectError::Connect {
+        let result = match self.connector() {
+            Some(connector) => endpoint.connect_with_connector(connector).await,
+            None => endpoint.connect().await,
+        };
+        result.map_err(|e| ConnectError::Connect {
             address: address.to_string(),
             reason: source_chain(&e),
         })
@@ -98,9 +142,12 @@ pub enum ConnectError {
     Connect { address: String, reason: String },
 }
 
-/// How a server listens. TLS settings join this struct.
-#[derive(Clone, Debug, Default)]
-pub struct ServerTransport {}
+/// How a server listens.
+#[derive(Clone, Default)]
+pub struct ServerTransport {
+    /// None only in tests of the transport itself: every MCP process sets it.
+    pub tls: Option<ServerTls>,
+}
 
 impl ServerTransport {
     /// A server builder with MCP's settings.
@@ -108,6 +155,14 @@ impl ServerTransport {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
+    }
+
+    /// Accepted connections (TLS handshakes done), for `serve_with_incoming`.
+    pub fn incoming(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> impl mcp_pki::tls::Stream<Item = Result<ServerConn, std::io::Error>> + Send + 'static {
+        mcp_pki::tls::incoming(listener, self.tls.clone())
     }
 }
 

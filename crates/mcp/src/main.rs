@@ -39,6 +39,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Get a token from the master (kept in the config's token_file, mode 0600).
+    Login {
+        #[arg(long)]
+        user: Option<String>,
+        /// Read the password from stdin (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Drop the token.
+    Logout,
     /// Deploy or update services from definition files, directories or names.
     Deploy {
         #[arg(required = true, value_name = "FILE|DIR|NAME")]
@@ -117,6 +127,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A path from the CLI config, relative to the config file's directory.
+    pub fn resolve(&self, path: &std::path::Path) -> PathBuf {
+        match &self.config_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// Prints a `--json` value.
     pub fn print_json(&self, value: &serde_json::Value) {
         println!(
@@ -158,12 +176,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Validate { files } = &cli.command {
         return cmd::validate::run(&ctx, files);
     }
+    if let Command::Logout = &cli.command {
+        return cmd::login::logout(&ctx);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("start runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Login {
+                user,
+                password_stdin,
+            } => cmd::login::login(&ctx, user, password_stdin).await,
+            Command::Logout => Ok(()),
             Command::Deploy { targets } => cmd::deploy::run(&ctx, &targets).await,
             Command::Stop { service } => cmd::lifecycle::run(&ctx, "stop", &service).await,
             Command::Start { service } => cmd::lifecycle::run(&ctx, "start", &service).await,

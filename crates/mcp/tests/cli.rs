@@ -62,6 +62,14 @@ fn invalid_definitions_exit_2_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A CLI config trusting a freshly made fleet CA.
+fn config_with_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    mcp_pki::ca::Ca::create(&dir.join("ca")).unwrap();
+    let config = dir.join("mcp.toml");
+    std::fs::write(&config, "ca_cert = \"ca/ca.pem\"\ntoken_file = \"token\"\n").unwrap();
+    config
+}
+
 #[test]
 fn usage_errors_exit_2_and_unreachable_master_exits_3() {
     assert_eq!(mcp(&["deploy"]).status.code(), Some(2));
@@ -72,8 +80,23 @@ fn usage_errors_exit_2_and_unreachable_master_exits_3() {
         Some(2),
         "no master configured is a usage error"
     );
-    let out = mcp(&["--json", "--master", "127.0.0.1:1", "list"]);
-    assert_eq!(out.status.code(), Some(3));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_ca(dir.path());
+    let config = config.to_str().unwrap();
+    let out = mcp(&[
+        "--json",
+        "--config",
+        config,
+        "--master",
+        "127.0.0.1:1",
+        "list",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], 3);
 }
@@ -81,7 +104,7 @@ fn usage_errors_exit_2_and_unreachable_master_exits_3() {
 #[test]
 fn the_reference_cli_config_parses() {
     let config = examples().join("config/mcp.toml");
-    // A bad master address in a good config is still reached through the config.
+    // The reference config parses; what fails is reading its example CA file.
     let out = mcp(&[
         "--config",
         config.to_str().unwrap(),
@@ -92,10 +115,11 @@ fn the_reference_cli_config_parses() {
     ]);
     assert_eq!(
         out.status.code(),
-        Some(3),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read ca_cert"));
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("mcp.toml");
     std::fs::write(&broken, "mastr = \"x\"\n").unwrap();

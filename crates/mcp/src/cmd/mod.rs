@@ -4,6 +4,7 @@ pub mod deploy;
 pub mod dev;
 pub mod lifecycle;
 pub mod list;
+pub mod login;
 pub mod logs;
 pub mod node;
 pub mod ps;

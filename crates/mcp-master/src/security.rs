@@ -1,0 +1,164 @@
+//! The master's security: the fleet CA and its files, join tokens, the master's own
+//! certificate, operator tokens (signed here, or checked by an introspection
+//! backend), and the TLS settings of its listener and of its calls to agents.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use mcp_pki::ca::{write_file, Ca};
+use mcp_pki::introspect::Introspector;
+use mcp_pki::join::JoinToken;
+use mcp_pki::tls::{ClientAuth, Identity, ServerTls};
+use mcp_pki::token::{Claims, Role, TokenKey};
+use mcp_pki::{Secret, MASTER_NAME};
+use mcp_proto::transport::ClientTls;
+
+use crate::config::Config;
+
+const JOIN_SECRET: &str = "join-secret";
+const TOKEN_KEY: &str = "token-key";
+
+/// `mcp-master init`: creates the CA, the join secret and the token key; returns
+/// the join token.
+pub fn init(data_dir: &Path) -> anyhow::Result<Secret> {
+    let ca = Ca::create(data_dir)?;
+    let secret = JoinToken::generate_secret()
+        .map_err(|_| anyhow::anyhow!("no randomness for the join secret"))?;
+    write_file(
+        &data_dir.join(JOIN_SECRET),
+        secret.expose().as_bytes(),
+        0o600,
+    )?;
+    let key =
+        TokenKey::generate().map_err(|_| anyhow::anyhow!("no randomness for the token key"))?;
+    write_file(
+        &data_dir.join(TOKEN_KEY),
+        hex::encode(key.to_bytes()).as_bytes(),
+        0o600,
+    )?;
+    Ok(JoinToken::new(ca.cert_der(), secret).to_text())
+}
+
+fn read_secret(data_dir: &Path, name: &str) -> anyhow::Result<Secret> {
+    let path = data_dir.join(name);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read {}: run `mcp-master init --data-dir {}` first",
+            path.display(),
+            data_dir.display()
+        )
+    })?;
+    Ok(Secret::new(text.trim().to_string()))
+}
+
+/// `mcp-master join-token`: the join token again.
+pub fn join_token(data_dir: &Path) -> anyhow::Result<Secret> {
+    let ca = Ca::load(data_dir)?;
+    let secret = read_secret(data_dir, JOIN_SECRET)?;
+    Ok(JoinToken::new(ca.cert_der(), secret).to_text())
+}
+
+/// Everything the running master needs for TLS, enrollment and operator tokens.
+pub struct Security {
+    pub ca: Ca,
+    join_secret: Secret,
+    token_key: TokenKey,
+    introspector: Option<Introspector>,
+    pub server: ServerTls,
+    /// How the master dials agents (its own certificate as client identity); the
+    /// server name is set per node.
+    pub agent_client: ClientTls,
+}
+
+impl Security {
+    pub fn load(config: &Config) -> anyhow::Result<Security> {
+        let dir = &config.data_dir;
+        let ca = Ca::load(dir)?;
+        let join_secret = read_secret(dir, JOIN_SECRET)?;
+        let key_hex = read_secret(dir, TOKEN_KEY)?;
+        let key_bytes = hex::decode(key_hex.expose()).context("token-key is not hex")?;
+        let token_key = TokenKey::from_bytes(&key_bytes);
+        let issued = ca.issue(
+            &[MASTER_NAME.to_string(), config.listen.ip().to_string()],
+            Duration::from_secs(365 * 86400),
+        )?;
+        let identity = Identity::from_pem(
+            &issued.cert_pem,
+            issued.key_pem.expose(),
+            &[ca.cert_der().clone()],
+        )?;
+        let server = ServerTls {
+            config: mcp_pki::tls::server_config(
+                &identity,
+                ClientAuth::Optional(ca.cert_der().clone()),
+            )?,
+            require_name: None,
+        };
+        let agent_client = ClientTls {
+            config: mcp_pki::tls::client_config(ca.cert_der(), Some(&identity))?,
+            server_name: String::new(),
+        };
+        let introspector = match &config.introspection_url {
+            Some(url) => Some(
+                Introspector::new(url, Duration::from_secs(5))
+                    .map_err(|e| anyhow::anyhow!("introspection_url: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Security {
+            ca,
+            join_secret,
+            token_key,
+            introspector,
+            server,
+            agent_client,
+        })
+    }
+
+    /// Checks a join secret in constant time.
+    pub fn join_secret_ok(&self, secret: &str) -> bool {
+        let token = JoinToken {
+            ca_fingerprint: [0; 32],
+            secret: Secret::new(secret.to_string()),
+        };
+        token.secret_matches(&self.join_secret)
+    }
+
+    /// Signs a token for `user` with `role`, valid for `ttl`.
+    pub fn sign(&self, user: &str, role: Role, ttl: Duration) -> (Secret, u64) {
+        let now = now();
+        let claims = Claims {
+            user: user.to_string(),
+            role,
+            issued_at: now,
+            expires_at: now + ttl.as_secs(),
+        };
+        (self.token_key.sign(&claims), claims.expires_at)
+    }
+
+    /// The claims of a bearer token: checked here, or by the introspection backend.
+    pub async fn check(&self, token: &str) -> Result<Claims, String> {
+        match &self.introspector {
+            Some(i) => i.introspect(token).await.map_err(|e| e.to_string()),
+            None => self
+                .token_key
+                .verify(token, now())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn uses_introspection(&self) -> bool {
+        self.introspector.is_some()
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// For the agent side of `Arc`-shared state.
+pub type Shared = Arc<Security>;

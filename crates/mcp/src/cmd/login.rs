@@ -1,0 +1,88 @@
+//! `mcp login [--user NAME] [--password-stdin]` and `mcp logout`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+
+use mcp_proto::master::v1::{master_client::MasterClient, LoginRequest};
+use serde_json::json;
+
+use crate::error::CliError;
+use crate::{client, Ctx};
+
+fn read_password(from_stdin: bool) -> Result<String, CliError> {
+    let mut text = String::new();
+    if from_stdin || !std::io::stdin().is_terminal() {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::usage(format!("read the password from stdin: {e}")))?;
+    } else {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+        let _ = std::process::Command::new("stty").arg("-echo").status();
+        let read = std::io::stdin().read_line(&mut text);
+        let _ = std::process::Command::new("stty").arg("echo").status();
+        eprintln!();
+        read.map_err(|e| CliError::usage(format!("read the password: {e}")))?;
+    }
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(CliError::usage("empty password"));
+    }
+    Ok(password.to_string())
+}
+
+pub async fn login(ctx: &Ctx, user: Option<String>, password_stdin: bool) -> Result<(), CliError> {
+    let user = user
+        .or_else(|| std::env::var("USER").ok())
+        .ok_or_else(|| CliError::usage("no user: pass --user NAME"))?;
+    let password = read_password(password_stdin)?;
+    let channel = client::channel(ctx).await?;
+    let reply = MasterClient::new(channel)
+        .login(LoginRequest {
+            user: user.clone(),
+            password,
+        })
+        .await?
+        .into_inner();
+    let path = client::token_file(ctx)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CliError::failed(format!("create {}: {e}", dir.display())))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| CliError::failed(format!("create {}: {e}", tmp.display())))?;
+    file.write_all(reply.token.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| CliError::failed(format!("write {}: {e}", path.display())))?;
+    if ctx.json {
+        ctx.print_json(&json!({"user": user, "role": reply.role, "expires_at": reply.expires_at, "token_file": path.display().to_string()}));
+    } else if !ctx.quiet {
+        println!(
+            "logged in as {user} ({}); token in {}",
+            reply.role,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn logout(ctx: &Ctx) -> Result<(), CliError> {
+    let path = client::token_file(ctx)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CliError::failed(format!("remove {}: {e}", path.display()))),
+    }
+    if !ctx.quiet && !ctx.json {
+        println!("logged out");
+    }
+    Ok(())
+}
