@@ -15,9 +15,16 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use mcp_agent::register::{jitter, BACKOFF_MAX, BACKOFF_MIN};
+use mcp_pki::rustls::pki_types::CertificateDer;
+use mcp_pki::tls::Identity;
+use mcp_pki::MASTER_NAME;
 use mcp_proto::master::v1::{self as wire, master_client::MasterClient};
+use mcp_proto::tonic::metadata::{Ascii, MetadataValue};
+use mcp_proto::tonic::service::interceptor::InterceptedService;
+use mcp_proto::tonic::service::Interceptor;
 use mcp_proto::tonic::transport::Channel;
-use mcp_proto::transport::ClientTransport;
+use mcp_proto::tonic::Request;
+use mcp_proto::transport::{ClientTls, ClientTransport};
 
 #[derive(Parser)]
 #[command(
@@ -86,15 +93,17 @@ impl Master {
         cpu: Option<u32>,
     ) -> anyhow::Result<Master> {
         std::fs::create_dir_all(dir)?;
+        let bin = mcp_local_fleet::Binaries::find()?.path("mcp-master");
+        let join_token = master_secrets(&bin, dir)?;
         let config = dir.join("master.toml");
         std::fs::write(
             &config,
             format!(
-                "node = \"sim-00000\"\nlisten = \"{MASTER}\"\ndata_dir = \"{}\"\ndomain = \"sim.test\"\nheartbeat_interval = \"{interval}\"\nmissed_heartbeats = {missed}\nprobe_timeout = \"{probe}\"\n[placement]\nmin_free_memory = \"0B\"\nmin_free_disk = \"0B\"\nreserve_memory = \"0B\"\nreserve_disk = \"0B\"\n",
-                dir.display()
+                "node = \"sim-00000\"\nlisten = \"{MASTER}\"\ndata_dir = \"{}\"\ndomain = \"sim.test\"\nheartbeat_interval = \"{interval}\"\nmissed_heartbeats = {missed}\nprobe_timeout = \"{probe}\"\n[placement]\nmin_free_memory = \"0B\"\nmin_free_disk = \"0B\"\nreserve_memory = \"0B\"\nreserve_disk = \"0B\"\n[users.sim]\npassword_hash = \"{}\"\nrole = \"admin\"\n",
+                dir.display(),
+                join_token.1
             ),
         )?;
-        let bin = mcp_local_fleet::Binaries::find()?.path("mcp-master");
         let mut command = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -125,6 +134,22 @@ impl Master {
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        let ca_pem = std::fs::read_to_string(dir.join("ca.pem"))?;
+        let ca = mcp_pki::tls::certs_from_pem(&ca_pem)?.remove(0);
+        let token =
+            mcp_pki::join::JoinToken::parse(&join_token.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tls = SimTls {
+            ca,
+            join_secret: token.secret.expose().to_string(),
+            token: String::new(),
+        };
+        // Master::start runs inside the benchmark's runtime; log in on a thread of
+        // its own with a runtime of its own.
+        let token = std::thread::scope(|scope| scope.spawn(|| login(&tls)).join())
+            .map_err(|_| anyhow::anyhow!("login thread panicked"))??;
+        if let Ok(mut slot) = TLS.lock() {
+            *slot = Some(Arc::new(SimTls { token, ..tls }));
         }
         Ok(master)
     }
@@ -192,12 +217,117 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn channel() -> anyhow::Result<Channel> {
-    let transport = ClientTransport {
+/// What the simulated agents and operator need to speak TLS to the current master.
+struct SimTls {
+    ca: CertificateDer<'static>,
+    join_secret: String,
+    token: String,
+}
+
+/// The current master's TLS context (a benchmark binary: one master at a time).
+static TLS: Mutex<Option<Arc<SimTls>>> = Mutex::new(None);
+
+fn tls() -> anyhow::Result<Arc<SimTls>> {
+    TLS.lock()
+        .ok()
+        .and_then(|t| t.clone())
+        .context("no master started")
+}
+
+/// `mcp-master init` (or `join-token` when done before) and a password hash for the
+/// simulator's operator: (join token, hash).
+fn master_secrets(bin: &Path, dir: &Path) -> anyhow::Result<(String, String)> {
+    use std::io::Write;
+    let sub = if dir.join("ca.pem").exists() {
+        "join-token"
+    } else {
+        "init"
+    };
+    let out = Command::new(bin)
+        .arg(sub)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("mcp-master {sub}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut child = Command::new(bin)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(b"sim")?;
+    }
+    let hash = String::from_utf8_lossy(&child.wait_with_output()?.stdout)
+        .trim()
+        .to_string();
+    Ok((token, hash))
+}
+
+fn transport(tls: &SimTls, identity: Option<&Identity>) -> anyhow::Result<ClientTransport> {
+    Ok(ClientTransport {
         connect_timeout: Some(Duration::from_secs(5)),
         request_timeout: None,
-    };
-    Ok(transport.lazy(MASTER)?)
+        tls: Some(ClientTls {
+            config: mcp_pki::tls::client_config(&tls.ca, identity)?,
+            server_name: MASTER_NAME.to_string(),
+        }),
+    })
+}
+
+fn login(tls: &SimTls) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = transport(tls, None)?.connect(MASTER).await?;
+        let reply = MasterClient::new(channel)
+            .login(wire::LoginRequest {
+                user: "sim".to_string(),
+                password: "sim".to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.token)
+    })
+}
+
+/// A channel without a client certificate (enrollment).
+fn channel() -> anyhow::Result<Channel> {
+    let tls = tls()?;
+    Ok(transport(&tls, None)?.lazy(MASTER)?)
+}
+
+/// A master client carrying the simulator's operator token.
+fn operator() -> anyhow::Result<MasterClient<InterceptedService<Channel, impl Interceptor + Clone>>>
+{
+    let tls = tls()?;
+    let header: MetadataValue<Ascii> = format!("Bearer {}", tls.token).parse()?;
+    let channel = transport(&tls, None)?.lazy(MASTER)?;
+    Ok(MasterClient::with_interceptor(
+        channel,
+        move |mut r: Request<()>| {
+            r.metadata_mut().insert("authorization", header.clone());
+            Ok(r)
+        },
+    ))
+}
+
+/// Enrolls simulated node `i` and returns a channel carrying its certificate.
+async fn node_channel(i: usize) -> anyhow::Result<Channel> {
+    let tls = tls()?;
+    let reply = MasterClient::new(channel()?)
+        .enroll(wire::EnrollRequest {
+            name: node_name(i),
+            secret: tls.join_secret.clone(),
+        })
+        .await
+        .with_context(|| format!("enroll {}", node_name(i)))?
+        .into_inner();
+    let identity = Identity::from_pem(&reply.cert_pem, &reply.key_pem, &[])?;
+    Ok(transport(&tls, Some(&identity))?.lazy(MASTER)?)
 }
 
 fn node_name(i: usize) -> String {
@@ -381,14 +511,20 @@ fn start_loops(
     (stop_tx, handles)
 }
 
-fn channels(n: usize) -> anyhow::Result<Vec<Channel>> {
-    (0..n).map(|_| channel()).collect()
+/// One enrolled channel per simulated node.
+async fn channels(n: usize) -> anyhow::Result<Vec<Channel>> {
+    let results: Vec<anyhow::Result<Channel>> = futures_util::stream::iter(0..n)
+        .map(node_channel)
+        .buffered(64)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 async fn heartbeats(cpu: Option<u32>, nodes: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("mcp-sim-{}", std::process::id()));
     let master = Master::start(&dir, "30s", 3, "5s", cpu)?;
-    let channels = channels(nodes)?;
+    let channels = channels(nodes).await?;
     register_all(0..nodes, &channels).await?;
     let stats = Arc::new(Stats::default());
     let (stop, handles) = start_loops(nodes, rate, &channels, &stats);
@@ -428,13 +564,13 @@ async fn memory(cpu: Option<u32>, sizes: Vec<usize>) -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("mcp-sim-mem-{}-{nodes}", std::process::id()));
         let master = Master::start(&dir, "30s", 3, "5s", cpu)?;
         let idle = rss(master.pid());
-        let channels = channels(nodes)?;
+        let channels = channels(nodes).await?;
         register_all(0..nodes, &channels).await?;
         let stats = Arc::new(Stats::default());
         // Every node heartbeats every 30 s, spread out; memory settles after a few.
         let (stop, handles) = start_loops(nodes, (nodes as u64 / 30).max(1), &channels, &stats);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut client = MasterClient::new(channel()?);
+        let mut client = operator()?;
         let listed = client
             .list_nodes(wire::ListNodesRequest {})
             .await?
@@ -501,8 +637,7 @@ async fn resilient_node(
 }
 
 async fn count_nodes() -> usize {
-    let Ok(ch) = channel() else { return 0 };
-    let mut client = MasterClient::new(ch);
+    let Ok(mut client) = operator() else { return 0 };
     client
         .list_nodes(wire::ListNodesRequest {})
         .await
@@ -512,7 +647,7 @@ async fn count_nodes() -> usize {
 async fn repopulate(cpu: Option<u32>, nodes: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("mcp-sim-repop-{}", std::process::id()));
     let mut master = Master::start(&dir, "5s", 3, "2s", cpu)?;
-    let channels = channels(nodes)?;
+    let channels = channels(nodes).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let handles: Vec<_> = (0..nodes)
         .map(|i| {
@@ -573,10 +708,9 @@ fn frozen_listener(address: &str) -> anyhow::Result<std::net::TcpListener> {
 }
 
 async fn state_of(node: &str) -> String {
-    let Ok(ch) = channel() else {
+    let Ok(mut client) = operator() else {
         return String::new();
     };
-    let mut client = MasterClient::new(ch);
     client
         .list_nodes(wire::ListNodesRequest {})
         .await
@@ -622,7 +756,7 @@ async fn detect(
             } else {
                 None
             };
-            let mut client = MasterClient::new(channel()?);
+            let mut client = MasterClient::new(node_channel(i).await?);
             client
                 .register(register_request(i, address.clone()))
                 .await?;
@@ -647,7 +781,7 @@ async fn detect(
             let name = node_name(i);
             // The master's own record of the transition is the measurement; polling
             // only waits for it.
-            let mut poller = MasterClient::new(channel()?);
+            let mut poller = operator()?;
             let unhealthy_at = loop {
                 let status = poller
                     .status(wire::StatusRequest { service: None })
