@@ -80,6 +80,7 @@ pub async fn renew_loop(node: Arc<Node>, mut shutdown: tokio::sync::watch::Recei
         let wait = Duration::from_secs((next - crate::node::now_s()).clamp(1, 60) as u64);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = node.certs_changed.notified() => {}
             _ = shutdown.changed() => return,
         }
     }

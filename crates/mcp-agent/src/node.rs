@@ -61,6 +61,8 @@ pub struct Node {
     /// Internal certificates from the master; None where no master CA is reachable
     /// (unit tests).
     certs: Option<crate::certs::CertIssuer>,
+    /// Wakes the renewal loop when a certificate is added.
+    pub certs_changed: tokio::sync::Notify,
 }
 
 /// Unix seconds now.
@@ -111,6 +113,7 @@ impl Node {
             exec,
             lock: Mutex::new(()),
             certs,
+            certs_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -334,6 +337,7 @@ impl Node {
         self.store
             .put_cert(&def.name, not_before, not_after)
             .at("certificate")?;
+        self.certs_changed.notify_one();
         step(
             events,
             "certificate",

@@ -381,7 +381,10 @@ impl Master for MasterService {
             .state
             .security
             .ca
-            .issue(std::slice::from_ref(&r.name), Duration::from_secs(365 * 86400))
+            .issue(
+                std::slice::from_ref(&r.name),
+                Duration::from_secs(365 * 86400),
+            )
             .map_err(|e| Status::internal(format!("issue the node certificate: {e}")))?;
         self.state.registry.event(&r.name, "enrolled".to_string());
         Ok(Response::new(wire::EnrollReply {
@@ -416,7 +419,10 @@ impl Master for MasterService {
             .state
             .security
             .ca
-            .issue(std::slice::from_ref(&name), self.state.config.service_cert_ttl)
+            .issue(
+                std::slice::from_ref(&name),
+                self.state.config.service_cert_ttl,
+            )
             .map_err(|e| Status::internal(format!("issue the service certificate: {e}")))?;
         let unix = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)

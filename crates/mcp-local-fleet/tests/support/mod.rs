@@ -194,3 +194,24 @@ pub fn purge(services: &[&str]) {
         }
     }
 }
+
+/// Ends exec-driver processes a crashed earlier run may have left for `service`:
+/// first their supervisors (so nothing restarts them), then the processes.
+pub fn purge_exec(service: &str, program: &Path) {
+    let needle = format!("mcp.{service}.");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(" supervise ") && cmdline.contains(&needle) {
+            mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+        }
+    }
+    for pid in processes_of(service, program) {
+        mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+    }
+}
