@@ -82,6 +82,8 @@ const MASTER: &str = "127.0.0.61:9443";
 struct Master {
     child: Child,
     dir: PathBuf,
+    /// Leave the data dir on drop (a successor uses it).
+    keep_dir: bool,
 }
 
 impl Master {
@@ -124,6 +126,7 @@ impl Master {
         let master = Master {
             child,
             dir: dir.to_path_buf(),
+            keep_dir: false,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(MASTER).is_err() {
@@ -176,7 +179,9 @@ impl Drop for Master {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -669,6 +674,9 @@ async fn repopulate(cpu: Option<u32>, nodes: usize) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..3 {
         master.kill();
+        // The restarted master reuses this data dir (its CA signed the nodes'
+        // certificates): the old handle must not delete it when replaced.
+        master.keep_dir = true;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let t0 = Instant::now();
         master = Master::start(&dir, "5s", 3, "2s", cpu)?;
