@@ -691,13 +691,6 @@ impl Node {
         }
         Ok(streams)
     }
-
-    /// Number of running instances.
-    pub async fn running_count(&self) -> u32 {
-        self.observe()
-            .await
-            .map_or(0, |o| o.iter().filter(|o| o.running()).count() as u32)
-    }
 }
 
 /// Creates `base/rel` one component at a time, refusing to pass through a symlink, so

@@ -3,7 +3,6 @@
 //! backend), and the TLS settings of its listener and of its calls to agents.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -159,6 +158,3 @@ pub fn now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
-
-/// For the agent side of `Arc`-shared state.
-pub type Shared = Arc<Security>;
