@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mcp_pki::ca::write_file;
-use mcp_proto::master::v1::{master_client::MasterClient, IssueCertificateRequest};
+use mcp_proto::master::v1::{nodes_client::NodesClient, IssueCertificateRequest};
 use mcp_proto::tonic::transport::Channel;
 
 use crate::node::Node;
@@ -18,7 +18,7 @@ use crate::node::Node;
 /// Asks the master for certificates.
 #[derive(Clone)]
 pub struct CertIssuer {
-    pub client: MasterClient<Channel>,
+    pub client: NodesClient<Channel>,
     pub node: String,
 }
 

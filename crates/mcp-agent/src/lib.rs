@@ -72,7 +72,7 @@ pub async fn run(
         tls: Some(tls.master.clone()),
     };
     let issuer = certs::CertIssuer {
-        client: mcp_proto::master::v1::master_client::MasterClient::new(
+        client: mcp_proto::master::v1::nodes_client::NodesClient::new(
             master_transport.lazy(&config.master)?,
         ),
         node: config.name.clone(),

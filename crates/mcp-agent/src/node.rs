@@ -619,6 +619,7 @@ impl Node {
             desired: record.desired.as_str().to_string(),
             spec: Some(wire::ServiceSpec::from(def)),
             components,
+            generation: 0,
         }
     }
 
@@ -643,6 +644,7 @@ impl Node {
                 node: self.name.clone(),
                 desired: "absent".to_string(),
                 spec: None,
+                generation: 0,
                 components: instances
                     .iter()
                     .map(|o| wire::ComponentStatus {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mcp_proto::master::v1::{self as wire, master_client::MasterClient};
+use mcp_proto::master::v1::{self as wire, nodes_client::NodesClient};
 use mcp_proto::tonic::transport::Channel;
 use mcp_proto::transport::ClientTransport;
 use tokio::sync::{mpsc, watch, Notify};
@@ -58,7 +58,7 @@ fn running(services: &[mcp_proto::agent::v1::ServiceStatus]) -> u32 {
 struct Registrar {
     config: Config,
     node: Arc<Node>,
-    client: MasterClient<Channel>,
+    client: NodesClient<Channel>,
     cpu: CpuSampler,
 }
 
@@ -80,6 +80,8 @@ impl Registrar {
             state_digest: state_digest(&services),
             containers: running(&services),
             services,
+            state_unknown: false,
+            state_error: String::new(),
         };
         let reply = self
             .client
@@ -97,6 +99,7 @@ impl Registrar {
             resources: Some(self.cpu.resources(&self.config.data_dir)),
             containers: running(&services),
             state_digest: state_digest(&services),
+            state_unknown: false,
         }
     }
 
@@ -159,7 +162,7 @@ pub async fn run(
         }
     };
     let mut registrar = Registrar {
-        client: MasterClient::new(channel),
+        client: NodesClient::new(channel),
         node,
         cpu: CpuSampler::default(),
         config,

@@ -10,7 +10,7 @@ use mcp_pki::ca::write_file;
 use mcp_pki::join::JoinToken;
 use mcp_pki::tls::{ClientAuth, Identity, ServerTls};
 use mcp_pki::MASTER_NAME;
-use mcp_proto::master::v1::{master_client::MasterClient, EnrollRequest};
+use mcp_proto::master::v1::{nodes_client::NodesClient, EnrollRequest};
 use mcp_proto::transport::{ClientTls, ClientTransport};
 
 use crate::config::Config;
@@ -87,7 +87,7 @@ async fn enroll(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .connect(&config.master)
         .await
         .with_context(|| format!("enroll with the master at {}", config.master))?;
-    let reply = MasterClient::new(channel)
+    let reply = NodesClient::new(channel)
         .enroll(EnrollRequest {
             name: config.name.clone(),
             secret: token.secret.expose().to_string(),

@@ -18,7 +18,7 @@ use mcp_agent::register::{jitter, BACKOFF_MAX, BACKOFF_MIN};
 use mcp_pki::rustls::pki_types::CertificateDer;
 use mcp_pki::tls::Identity;
 use mcp_pki::MASTER_NAME;
-use mcp_proto::master::v1::{self as wire, master_client::MasterClient};
+use mcp_proto::master::v1::{self as wire, master_client::MasterClient, nodes_client::NodesClient};
 use mcp_proto::tonic::metadata::{Ascii, MetadataValue};
 use mcp_proto::tonic::service::interceptor::InterceptedService;
 use mcp_proto::tonic::service::Interceptor;
@@ -323,7 +323,7 @@ fn operator() -> anyhow::Result<MasterClient<InterceptedService<Channel, impl In
 /// Enrolls simulated node `i` and returns a channel carrying its certificate.
 async fn node_channel(i: usize) -> anyhow::Result<Channel> {
     let tls = tls()?;
-    let reply = MasterClient::new(channel()?)
+    let reply = NodesClient::new(channel()?)
         .enroll(wire::EnrollRequest {
             name: node_name(i),
             secret: tls.join_secret.clone(),
@@ -370,6 +370,7 @@ fn register_request(i: usize, address: String) -> wire::RegisterRequest {
         services: Vec::new(),
         state_digest: "sim".to_string(),
         containers: 0,
+        ..Default::default()
     }
 }
 
@@ -390,6 +391,7 @@ fn heartbeat(i: usize) -> wire::HeartbeatRequest {
         resources: Some(resources()),
         containers: 0,
         state_digest: "sim".to_string(),
+        state_unknown: false,
     }
 }
 
@@ -397,7 +399,7 @@ fn heartbeat(i: usize) -> wire::HeartbeatRequest {
 async fn register_all(range: std::ops::Range<usize>, channels: &[Channel]) -> anyhow::Result<()> {
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(range)
         .map(|i| {
-            let mut client = MasterClient::new(channels[i % channels.len()].clone());
+            let mut client = NodesClient::new(channels[i % channels.len()].clone());
             async move {
                 client
                     .register(register_request(i, node_address(i)))
@@ -430,7 +432,7 @@ async fn heartbeat_loop(
     stats: Arc<Stats>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut client = MasterClient::new(channel);
+    let mut client = NodesClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let Ok(response) = client
         .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -608,7 +610,7 @@ async fn resilient_node(
     let mut backoff = BACKOFF_MIN;
     let mut stop = stop;
     loop {
-        let mut client = MasterClient::new(channel.clone());
+        let mut client = NodesClient::new(channel.clone());
         if client
             .register(register_request(i, node_address(i)))
             .await
@@ -764,7 +766,7 @@ async fn detect(
             } else {
                 None
             };
-            let mut client = MasterClient::new(node_channel(i).await?);
+            let mut client = NodesClient::new(node_channel(i).await?);
             client
                 .register(register_request(i, address.clone()))
                 .await?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mcp_pki::tls::Identity;
 use mcp_pki::token::{Claims, Role, TokenKey};
-use mcp_proto::master::v1::{master_client::MasterClient, RegisterRequest};
+use mcp_proto::master::v1::{nodes_client::NodesClient, RegisterRequest};
 use mcp_proto::transport::{ClientTls, ClientTransport};
 use support::*;
 
@@ -254,7 +254,7 @@ fn operators_agents_certificates_and_logs() {
             .connect(&fleet.spec.master_address())
             .await
             .unwrap();
-        let status = MasterClient::new(channel)
+        let status = NodesClient::new(channel)
             .register(register("mallory"))
             .await
             .unwrap_err();
@@ -273,7 +273,7 @@ fn operators_agents_certificates_and_logs() {
             .await;
         let refused = match refused {
             Err(e) => e.to_string(),
-            Ok(channel) => MasterClient::new(channel)
+            Ok(channel) => NodesClient::new(channel)
                 .register(register("mallory"))
                 .await
                 .unwrap_err()

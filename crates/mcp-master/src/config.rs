@@ -82,6 +82,9 @@ pub struct Config {
     /// Lifetime of a service's internal certificate; renewed at two thirds.
     #[serde(default = "default_service_cert_ttl", with = "serde_duration")]
     pub service_cert_ttl: Duration,
+    /// Lifetime of node certificates; agents renew theirs at two thirds of it.
+    #[serde(default = "default_node_cert_ttl", with = "serde_duration")]
+    pub node_cert_ttl: Duration,
     /// Check operator tokens with this RFC 7662-style endpoint (MCIAS) instead of
     /// signing them here, e.g. "http://127.0.0.1:8080/oauth/introspect".
     pub introspection_url: Option<String>,
@@ -89,6 +92,9 @@ pub struct Config {
 
 fn default_token_ttl() -> Duration {
     Duration::from_secs(12 * 3600)
+}
+fn default_node_cert_ttl() -> Duration {
+    Duration::from_secs(90 * 86400)
 }
 fn default_service_cert_ttl() -> Duration {
     Duration::from_secs(30 * 86400)
@@ -177,8 +183,11 @@ impl Config {
         if !self.placement.reserve_cpu.is_finite() || self.placement.reserve_cpu < 0.0 {
             bail!("placement.reserve_cpu: must be zero or more cores");
         }
-        if self.token_ttl.is_zero() || self.service_cert_ttl.is_zero() {
-            bail!("token_ttl and service_cert_ttl must be above zero");
+        if self.token_ttl.is_zero()
+            || self.service_cert_ttl.is_zero()
+            || self.node_cert_ttl.is_zero()
+        {
+            bail!("token_ttl, service_cert_ttl and node_cert_ttl must be above zero");
         }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats: must be at least 1");

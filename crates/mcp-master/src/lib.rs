@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod health;
+pub mod nodes;
 pub mod registry;
 pub mod security;
 pub mod service;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mcp_proto::master::v1::master_server::MasterServer;
+use mcp_proto::master::v1::{master_server::MasterServer, nodes_server::NodesServer};
 use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::Config;
@@ -70,6 +71,9 @@ pub async fn serve(
     let mut stop = shutdown.clone();
     server_transport
         .server()
+        .add_service(NodesServer::new(nodes::NodeService {
+            state: state.clone(),
+        }))
         .add_service(MasterServer::new(MasterService { state }))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -353,6 +353,7 @@ mod tests {
             resources: None,
             containers: 3,
             state_digest: digest.to_string(),
+            state_unknown: false,
         }
     }
 

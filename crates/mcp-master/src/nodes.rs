@@ -1,0 +1,283 @@
+//! The node-facing service (`mcp.master.v1.Nodes`): enrollment, registration,
+//! heartbeats and certificates. Every call but Enroll needs the calling node's own
+//! certificate; none accepts an operator token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use mcp_pki::tls::PeerInfo;
+use mcp_proto::convert::check_service_name;
+use mcp_proto::master::v1::{self as wire, nodes_server::Nodes};
+use mcp_proto::tonic::{self, Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::registry::{NodeEntry, NodeState};
+use crate::service::MasterState;
+
+/// The client's certificate, as the transport recorded it.
+fn peer<T>(request: &Request<T>) -> PeerInfo {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .unwrap_or(PeerInfo {
+            remote: None,
+            certs: None,
+        })
+}
+
+/// The caller must hold `node`'s certificate.
+fn require_node(peer: &PeerInfo, node: &str) -> Result<(), Status> {
+    if !peer.has_cert() {
+        return Err(Status::unauthenticated(format!(
+            "node {node} presented no certificate: enroll it with a join token first"
+        )));
+    }
+    if !peer.is(node) {
+        return Err(Status::permission_denied(format!(
+            "the caller's certificate is not for node {node}: a node may speak only for itself"
+        )));
+    }
+    Ok(())
+}
+
+/// The node-facing service.
+#[derive(Clone)]
+pub struct NodeService {
+    pub state: Arc<MasterState>,
+}
+
+type HeartbeatStream = ReceiverStream<Result<wire::HeartbeatReply, Status>>;
+
+#[tonic::async_trait]
+impl Nodes for NodeService {
+    type HeartbeatsStream = HeartbeatStream;
+
+    async fn enroll(
+        &self,
+        request: Request<wire::EnrollRequest>,
+    ) -> Result<Response<wire::EnrollReply>, Status> {
+        let r = request.into_inner();
+        mcp_types::name::check_dns_label(&r.name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        if r.name == mcp_pki::MASTER_NAME {
+            return Err(Status::invalid_argument(format!(
+                "name: {} is reserved for the master",
+                r.name
+            )));
+        }
+        if !self.state.security.join_secret_ok(&r.secret) {
+            tracing::warn!(node = %r.name, "enrollment refused: wrong join secret");
+            return Err(Status::unauthenticated(
+                "the join token's secret is wrong: `mcp-master join-token` prints the right one",
+            ));
+        }
+        let issued = self
+            .state
+            .security
+            .ca
+            .issue(
+                std::slice::from_ref(&r.name),
+                self.state.config.node_cert_ttl,
+            )
+            .map_err(|e| Status::internal(format!("issue the node certificate: {e}")))?;
+        self.state.registry.event(&r.name, "enrolled".to_string());
+        Ok(Response::new(wire::EnrollReply {
+            ca_pem: self.state.security.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.expose().to_string(),
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<wire::IssueCertificateRequest>,
+    ) -> Result<Response<wire::IssueCertificateReply>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        check_service_name(&r.service)?;
+        require_node(&peer, &r.node)?;
+        let placed = self
+            .state
+            .placements
+            .lock()
+            .map(|p| p.get(&r.service) == Some(&r.node))
+            .unwrap_or(false);
+        if !placed && self.state.registry.locate(&r.service).as_deref() != Some(r.node.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "service {} is not placed on node {}",
+                r.service, r.node
+            )));
+        }
+        let name = format!("{}.svc.mcp.{}", r.service, self.state.config.domain);
+        let issued = self
+            .state
+            .security
+            .ca
+            .issue(
+                std::slice::from_ref(&name),
+                self.state.config.service_cert_ttl,
+            )
+            .map_err(|e| Status::internal(format!("issue the service certificate: {e}")))?;
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        Ok(Response::new(wire::IssueCertificateReply {
+            ca_pem: self.state.security.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.expose().to_string(),
+            not_before: crate::security::now() as i64,
+            not_after: unix(issued.not_after),
+            names: vec![name],
+        }))
+    }
+
+    async fn register(
+        &self,
+        request: Request<wire::RegisterRequest>,
+    ) -> Result<Response<wire::RegisterReply>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        mcp_types::name::check_dns_label(&r.name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        require_node(&peer, &r.name)?;
+        if r.role != "worker" && r.role != "edge" {
+            return Err(Status::invalid_argument(format!(
+                "role: unknown role {:?}",
+                r.role
+            )));
+        }
+        r.arch
+            .parse::<mcp_types::Arch>()
+            .map_err(|_| Status::invalid_argument(format!("arch: unknown arch {:?}", r.arch)))?;
+        for pool in &r.pools {
+            mcp_types::name::check_dns_label(pool)
+                .map_err(|e| Status::invalid_argument(format!("pools: {e}")))?;
+        }
+        mcp_proto::transport::uri_for(&r.address)
+            .map_err(|e| Status::invalid_argument(format!("address: {e}")))?;
+        let registry = &self.state.registry;
+        let known = registry.node(&r.name);
+        let entry = NodeEntry {
+            name: r.name.clone(),
+            role: r.role,
+            address: r.address.clone(),
+            arch: r.arch,
+            version: r.version,
+            rpcs: r.rpcs,
+            pools: r.pools,
+            resources: r.resources.unwrap_or_default(),
+            containers: r.containers,
+            state: NodeState::Healthy,
+            last_heartbeat: Instant::now(),
+            last_probe: None,
+            probe_in_flight: false,
+            digest: r.state_digest,
+            services: r.services,
+            client: known
+                .as_ref()
+                .filter(|k| k.address == r.address)
+                .and_then(|k| k.client.clone()),
+            session: known.as_ref().map_or(0, |k| k.session),
+        };
+        registry.write().insert(r.name.clone(), entry);
+        match known {
+            None => registry.event(&r.name, format!("registered from {}", r.address)),
+            Some(k) if k.state != NodeState::Healthy => registry.event(
+                &r.name,
+                format!("{} -> healthy: registered", k.state.as_str()),
+            ),
+            Some(_) => {}
+        }
+        Ok(Response::new(wire::RegisterReply {
+            master_node: self.state.config.node.clone(),
+            heartbeat_interval_ms: self.state.config.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeats(
+        &self,
+        request: Request<tonic::Streaming<wire::HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
+        let peer = peer(&request);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let session = state.registry.new_session();
+            let mut node: Option<String> = None;
+            while let Some(item) = inbound.next().await {
+                let Ok(beat) = item else { break };
+                if let Err(status) = require_node(&peer, &beat.name) {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                match &node {
+                    Some(name) if name != &beat.name => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "heartbeat for {} on the stream of {name}",
+                                beat.name
+                            ))))
+                            .await;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => node = Some(beat.name.clone()),
+                }
+                let reply = match state.registry.heartbeat(&beat, session) {
+                    Some(b) => Ok(wire::HeartbeatReply {
+                        send_full_state: b.send_full_state,
+                    }),
+                    None => Err(Status::not_found(format!(
+                        "node {} is not registered; register first",
+                        beat.name
+                    ))),
+                };
+                let refused = reply.is_err();
+                if tx.send(reply).await.is_err() || refused {
+                    break;
+                }
+            }
+            // The stream broke: if the agent died, a probe finds out now rather
+            // than after missed_heartbeats intervals.
+            if let Some(name) = node {
+                if state.registry.end_session(&name, session) {
+                    crate::health::probe(state.clone(), name, "heartbeat stream closed").await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        request: Request<wire::RenewNodeCertificateRequest>,
+    ) -> Result<Response<wire::EnrollReply>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        mcp_types::name::check_dns_label(&r.node)
+            .map_err(|e| Status::invalid_argument(format!("node: {e}")))?;
+        require_node(&peer, &r.node)?;
+        let issued = self
+            .state
+            .security
+            .ca
+            .issue(
+                std::slice::from_ref(&r.node),
+                self.state.config.node_cert_ttl,
+            )
+            .map_err(|e| Status::internal(format!("issue the node certificate: {e}")))?;
+        self.state
+            .registry
+            .event(&r.node, "node certificate renewed".to_string());
+        Ok(Response::new(wire::EnrollReply {
+            ca_pem: self.state.security.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.expose().to_string(),
+        }))
+    }
+}
