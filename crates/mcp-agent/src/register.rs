@@ -60,11 +60,32 @@ struct Registrar {
     node: Arc<Node>,
     client: NodesClient<Channel>,
     cpu: CpuSampler,
+    /// Running instances when the state was last read.
+    containers: u32,
 }
 
 impl Registrar {
+    /// The node's services, or why they cannot be read: a slow runtime or a database
+    /// error is "state unknown", never an empty list the master would believe (SPEC §5).
+    async fn services(&mut self) -> Result<Vec<mcp_proto::agent::v1::ServiceStatus>, String> {
+        match self.node.statuses().await {
+            Ok(services) => {
+                self.containers = running(&services);
+                Ok(services)
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::warn!(node = %self.config.name, "read service state: {message}");
+                Err(message)
+            }
+        }
+    }
+
     async fn register(&mut self) -> Result<Duration, String> {
-        let services = self.node.statuses().await.unwrap_or_default();
+        let (services, state_error) = match self.services().await {
+            Ok(services) => (services, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         let request = wire::RegisterRequest {
             name: self.config.name.clone(),
             role: self.config.role.as_str().to_string(),
@@ -78,10 +99,10 @@ impl Registrar {
             pools: self.config.pools.clone(),
             resources: Some(self.cpu.resources(&self.config.data_dir)),
             state_digest: state_digest(&services),
-            containers: running(&services),
+            containers: self.containers,
             services,
-            state_unknown: false,
-            state_error: String::new(),
+            state_unknown: state_error.is_some(),
+            state_error: state_error.unwrap_or_default(),
         };
         let reply = self
             .client
@@ -93,18 +114,21 @@ impl Registrar {
     }
 
     async fn heartbeat(&mut self) -> wire::HeartbeatRequest {
-        let services = self.node.statuses().await.unwrap_or_default();
+        let services = self.services().await;
         wire::HeartbeatRequest {
             name: self.config.name.clone(),
             resources: Some(self.cpu.resources(&self.config.data_dir)),
-            containers: running(&services),
-            state_digest: state_digest(&services),
-            state_unknown: false,
+            containers: self.containers,
+            state_digest: services.as_deref().map(state_digest).unwrap_or_default(),
+            state_unknown: services.is_err(),
         }
     }
 
-    /// Heartbeats over one stream until it breaks, the master asks for full state
-    /// (returns Ok), or shutdown (returns Err(())).
+    /// Heartbeats over one stream until it breaks (Err with why), a nudge asks for a
+    /// fresh registration (Ok), or shutdown (Err with an empty message). When the master
+    /// asks for the full state (the digest changed after a deploy, stop or start), the
+    /// agent registers again over a unary call and keeps this stream: closing it would
+    /// look like a dead agent and make the master probe a healthy node.
     async fn session(
         &mut self,
         interval: Duration,
@@ -134,7 +158,9 @@ impl Registrar {
                     }
                 }
                 reply = replies.next() => match reply {
-                    Some(Ok(reply)) if reply.send_full_state => return Ok(()),
+                    Some(Ok(reply)) if reply.send_full_state => {
+                        self.register().await?;
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(status)) => return Err(status.message().to_string()),
                     None => return Err("the master closed the heartbeat stream".to_string()),
@@ -165,6 +191,7 @@ pub async fn run(
         client: NodesClient::new(channel),
         node,
         cpu: CpuSampler::default(),
+        containers: 0,
         config,
     };
     let name = registrar.config.name.clone();

@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod health;
+pub mod hlc;
 pub mod nodes;
+pub mod reconcile;
 pub mod registry;
 pub mod security;
 pub mod service;
@@ -62,11 +64,25 @@ pub async fn serve(
             tls: Some(security.agent_client.clone()),
         },
         placements: std::sync::Mutex::default(),
+        hlc: hlc::Hlc::default(),
+        reconciler: reconcile::Reconciler::default(),
+        started: std::time::Instant::now(),
         security,
         config,
     });
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
+    // One pass once the fleet has had its grace period to re-register, then on demand
+    // and on a periodic resync.
+    let resync = config_resync(&state.config);
+    let reconcile = tokio::spawn(reconcile::run(state.clone(), resync, shutdown.clone()));
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(state.grace()).await;
+            state.reconciler.trigger();
+        });
+    }
     let incoming = server_transport.incoming(listener);
     let mut stop = shutdown.clone();
     server_transport
@@ -81,5 +97,13 @@ pub async fn serve(
         .await
         .context("serve master RPCs")?;
     let _ = health.await;
+    let _ = reconcile.await;
     Ok(())
+}
+
+/// The loop's periodic resync: the heartbeat interval, within 1 s to 60 s.
+fn config_resync(config: &Config) -> Duration {
+    config
+        .heartbeat_interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
 }

@@ -99,13 +99,7 @@ impl Nodes for NodeService {
         let r = request.into_inner();
         check_service_name(&r.service)?;
         require_node(&peer, &r.node)?;
-        let placed = self
-            .state
-            .placements
-            .lock()
-            .map(|p| p.get(&r.service) == Some(&r.node))
-            .unwrap_or(false);
-        if !placed && self.state.registry.locate(&r.service).as_deref() != Some(r.node.as_str()) {
+        if !self.state.may_issue(&r.service, &r.node) {
             return Err(Status::permission_denied(format!(
                 "service {} is not placed on node {}",
                 r.service, r.node
@@ -161,6 +155,21 @@ impl Nodes for NodeService {
             .map_err(|e| Status::invalid_argument(format!("address: {e}")))?;
         let registry = &self.state.registry;
         let known = registry.node(&r.name);
+        for s in &r.services {
+            self.state.hlc.observe(s.generation);
+        }
+        // An agent that cannot read its state keeps the view the master had of it.
+        let (services, digest, containers) = match (&known, r.state_unknown) {
+            (Some(k), true) => (k.services.clone(), k.digest.clone(), k.containers),
+            (None, true) => (Vec::new(), String::new(), 0),
+            (_, false) => (r.services, r.state_digest, r.containers),
+        };
+        if r.state_unknown && known.as_ref().is_none_or(|k| k.state_known) {
+            registry.event(
+                &r.name,
+                format!("state unknown: {}; keeping the last view", r.state_error),
+            );
+        }
         let entry = NodeEntry {
             name: r.name.clone(),
             role: r.role,
@@ -170,13 +179,14 @@ impl Nodes for NodeService {
             rpcs: r.rpcs,
             pools: r.pools,
             resources: r.resources.unwrap_or_default(),
-            containers: r.containers,
+            containers,
             state: NodeState::Healthy,
             last_heartbeat: Instant::now(),
             last_probe: None,
             probe_in_flight: false,
-            digest: r.state_digest,
-            services: r.services,
+            digest,
+            state_known: !r.state_unknown,
+            services,
             client: known
                 .as_ref()
                 .filter(|k| k.address == r.address)
@@ -192,6 +202,7 @@ impl Nodes for NodeService {
             ),
             Some(_) => {}
         }
+        self.state.reconciler.trigger();
         Ok(Response::new(wire::RegisterReply {
             master_node: self.state.config.node.clone(),
             heartbeat_interval_ms: self.state.config.heartbeat_interval.as_millis() as u64,

@@ -11,6 +11,8 @@ use mcp_proto::master::v1 as wire;
 use mcp_proto::tonic::transport::Channel;
 use mcp_proto::transport::ClientTransport;
 
+use crate::reconcile::plan::{newest, Copy, NodeFacts};
+
 /// Node health (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
@@ -46,6 +48,9 @@ pub struct NodeEntry {
     pub last_probe: Option<Instant>,
     pub probe_in_flight: bool,
     pub digest: String,
+    /// False when the agent said it could not read its runtime or database: `services`
+    /// is then what it last reported, kept rather than believed empty.
+    pub state_known: bool,
     pub services: Vec<ServiceStatus>,
     /// Created on first use: a node that is only heartbeating costs no connection.
     pub client: Option<AgentClient<Channel>>,
@@ -54,6 +59,23 @@ pub struct NodeEntry {
 }
 
 impl NodeEntry {
+    /// What the reconcile planner sees of this node.
+    pub fn facts(&self) -> NodeFacts {
+        NodeFacts {
+            name: self.name.clone(),
+            answers: self.state == NodeState::Healthy && self.state_known,
+            copies: self
+                .services
+                .iter()
+                .map(|s| Copy {
+                    service: s.name.clone(),
+                    generation: s.generation,
+                    desired: s.desired != "absent",
+                })
+                .collect(),
+        }
+    }
+
     pub fn supports(&self, rpc: &str) -> bool {
         self.rpcs.iter().any(|r| r == rpc)
     }
@@ -177,10 +199,18 @@ impl Registry {
             if let Some(resources) = beat.resources {
                 entry.resources = resources;
             }
-            entry.containers = beat.containers;
             entry.last_heartbeat = Instant::now();
             entry.session = session;
-            let send_full_state = entry.digest != beat.state_digest;
+            // An agent that cannot read its state says so: its digest means nothing
+            // and the master keeps the services it last reported.
+            let send_full_state = if beat.state_unknown {
+                entry.state_known = false;
+                false
+            } else {
+                entry.containers = beat.containers;
+                // Back from doubt: ask for the full state even if the digest matches.
+                entry.digest != beat.state_digest || !entry.state_known
+            };
             let was = entry.state;
             entry.state = NodeState::Healthy;
             entry.last_probe = None;
@@ -228,12 +258,31 @@ impl Registry {
         self.read().values().cloned().collect()
     }
 
-    /// Which node runs `service`, by what the agents last reported.
+    /// The registry as the reconcile planner sees it.
+    pub fn facts(&self) -> Vec<NodeFacts> {
+        self.read().values().map(NodeEntry::facts).collect()
+    }
+
+    /// Which node runs `service`: the one with its newest copy (SPEC §5), by what the
+    /// agents last reported.
     pub fn locate(&self, service: &str) -> Option<String> {
-        self.read()
+        let facts: Vec<NodeFacts> = self
+            .read()
             .values()
-            .find(|n| n.services.iter().any(|s| s.name == service))
-            .map(|n| n.name.clone())
+            .filter(|n| n.services.iter().any(|s| s.name == service))
+            .map(NodeEntry::facts)
+            .collect();
+        newest(&facts, service).map(|(n, _)| n.name.clone())
+    }
+
+    /// Forgets `node`'s copy of `service` if it is still the one of `generation` (the
+    /// reconcile loop removed it).
+    pub fn drop_copy(&self, node: &str, service: &str, generation: u64) {
+        if let Some(entry) = self.write().get_mut(node) {
+            entry
+                .services
+                .retain(|s| !(s.name == service && s.generation <= generation));
+        }
     }
 
     /// Records a service's status as reported by `node` (None: it is gone there).
@@ -341,6 +390,7 @@ mod tests {
             last_probe: None,
             probe_in_flight: false,
             digest: digest.to_string(),
+            state_known: true,
             services: Vec::new(),
             client: None,
             session: 0,
@@ -413,6 +463,49 @@ mod tests {
                 "unhealthy -> healthy: probe answered, but heartbeats are missing"
             ]
         );
+    }
+
+    fn copy(name: &str, generation: u64) -> ServiceStatus {
+        ServiceStatus {
+            name: name.to_string(),
+            desired: "running".to_string(),
+            generation,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn locate_finds_the_newest_copy_not_the_first_node() {
+        let registry = Registry::default();
+        let mut a = entry("aardvark", "a");
+        a.services = vec![copy("hello", 5)];
+        let mut z = entry("zebra", "a");
+        z.services = vec![copy("hello", 9)];
+        registry.write().insert("aardvark".into(), a);
+        registry.write().insert("zebra".into(), z);
+        assert_eq!(registry.locate("hello").as_deref(), Some("zebra"));
+        registry.drop_copy("zebra", "hello", 9);
+        assert_eq!(registry.locate("hello").as_deref(), Some("aardvark"));
+        assert_eq!(registry.locate("nothing"), None);
+    }
+
+    #[test]
+    fn an_agent_in_doubt_keeps_its_last_view() {
+        let registry = Registry::default();
+        let mut e = entry("orion", "a");
+        e.services = vec![copy("hello", 5)];
+        e.containers = 1;
+        registry.write().insert("orion".into(), e);
+        let mut doubt = beat("orion", "");
+        doubt.state_unknown = true;
+        doubt.containers = 0;
+        let b = registry.heartbeat(&doubt, 1).unwrap();
+        assert!(!b.send_full_state, "an unknown state is not a new state");
+        let node = registry.node("orion").unwrap();
+        assert_eq!(node.services.len(), 1, "the services are not forgotten");
+        assert_eq!(node.containers, 1);
+        assert!(!node.state_known);
+        assert!(!node.facts().answers, "the loop does not act on a node in doubt");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (or will run) each service. Agent errors are mapped here, in one place.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use mcp_proto::agent::v1 as agent;
@@ -27,9 +27,84 @@ pub struct MasterState {
     pub registry: Registry,
     pub transport: ClientTransport,
     pub security: crate::security::Security,
-    /// Services being deployed, by node, so that node may ask for the service's
-    /// certificate before the deploy completes.
-    pub placements: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Deploys in flight: (service, node), so that node may ask for the service's
+    /// certificate before the deploy completes. An entry lives exactly as long as its
+    /// deploy (see [`Placing`]); afterwards only the node holding the newest copy may.
+    pub placements: std::sync::Mutex<Vec<(String, String)>>,
+    /// Generations for deploys and removals.
+    pub hlc: crate::hlc::Hlc,
+    /// The control loop's handle.
+    pub reconciler: crate::reconcile::Reconciler,
+    /// When this master started: placements wait for the fleet to re-register.
+    pub started: Instant,
+}
+
+impl MasterState {
+    /// May `node` hold a certificate for `service`? While a deploy to it runs, or while
+    /// it holds the service's newest copy.
+    pub fn may_issue(&self, service: &str, node: &str) -> bool {
+        let placing = self
+            .placements
+            .lock()
+            .map(|p| p.iter().any(|(s, n)| s == service && n == node))
+            .unwrap_or(false);
+        placing || self.registry.locate(service).as_deref() == Some(node)
+    }
+
+    /// How long a fresh master holds placements while agents re-register: a few
+    /// heartbeat intervals, at least the agents' capped re-registration backoff (two
+    /// seconds with jitter), at most ten seconds.
+    pub fn grace(&self) -> Duration {
+        (self.config.heartbeat_interval * 3).clamp(Duration::from_secs(2), Duration::from_secs(10))
+    }
+
+    /// Bootstrap nodes not registered yet; empty once the grace period is over.
+    pub fn unsettled(&self) -> Vec<String> {
+        if self.started.elapsed() >= self.grace() {
+            return Vec::new();
+        }
+        let missing: Vec<String> = self
+            .config
+            .bootstrap_nodes
+            .iter()
+            .filter(|b| self.registry.node(&b.name).is_none())
+            .map(|b| b.name.clone())
+            .collect();
+        if missing.is_empty() && !self.config.bootstrap_nodes.is_empty() {
+            return Vec::new();
+        }
+        if missing.is_empty() {
+            // No bootstrap list: only the grace period tells.
+            return vec!["(any node)".to_string()];
+        }
+        missing
+    }
+}
+
+/// An in-flight placement, dropped (and forgotten) when its deploy ends either way.
+struct Placing<'a> {
+    state: &'a MasterState,
+    entry: (String, String),
+}
+
+impl<'a> Placing<'a> {
+    fn new(state: &'a MasterState, service: &str, node: &str) -> Placing<'a> {
+        let entry = (service.to_string(), node.to_string());
+        if let Ok(mut p) = state.placements.lock() {
+            p.push(entry.clone());
+        }
+        Placing { state, entry }
+    }
+}
+
+impl Drop for Placing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.state.placements.lock() {
+            if let Some(i) = p.iter().position(|e| e == &self.entry) {
+                p.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// Read-only commands, or ones that change the fleet.
@@ -200,8 +275,48 @@ impl MasterService {
         )
     }
 
-    /// Deploys one service: place, call the agent, forward its events, record the
-    /// result, and remove it from a node it moved away from.
+    /// Holds placements of a fresh master until every bootstrap node has registered or
+    /// the grace period has passed, telling the CLI why it waits: a master that placed
+    /// before the node running a service re-registered would start a second copy.
+    async fn settle(&self, out: Option<&mpsc::Sender<Result<wire::DeployEvent, Status>>>) {
+        let mut told = false;
+        loop {
+            let missing = self.state.unsettled();
+            if missing.is_empty() {
+                return;
+            }
+            if !told {
+                told = true;
+                let message = format!(
+                    "the master started {:.1?} ago; waiting up to {:?} for nodes to register ({})",
+                    self.state.started.elapsed(),
+                    self.state.grace(),
+                    missing.join(", ")
+                );
+                tracing::info!("{message}");
+                if let Some(out) = out {
+                    let _ = out
+                        .send(Ok(wire::DeployEvent {
+                            service: String::new(),
+                            node: String::new(),
+                            event: Some(wire::deploy_event::Event::Agent(agent::DeployEvent {
+                                event: Some(agent::deploy_event::Event::Step(agent::Step {
+                                    step: "wait".to_string(),
+                                    component: String::new(),
+                                    message,
+                                })),
+                            })),
+                        }))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Deploys one service: place, call the agent with a new generation, forward its
+    /// events, record the result. A copy left on a node it moved away from is the
+    /// control loop's to remove; the deploy waits for that pass.
     async fn deploy_one(
         &self,
         def: ServiceDef,
@@ -223,10 +338,12 @@ impl MasterService {
             _ => placement.reason,
         };
         snapshot.commit(&def.name, &target, mcp_placement::requests_of(&def));
-        if let Ok(mut p) = self.state.placements.lock() {
-            p.insert(def.name.clone(), target.clone());
-        }
-        registry.event(&target, format!("deploy {} ({reason})", def.name));
+        let _placing = Placing::new(&self.state, &def.name, &target);
+        let generation = self.state.hlc.next();
+        registry.event(
+            &target,
+            format!("deploy {} generation {generation} ({reason})", def.name),
+        );
         let _ = out
             .send(Ok(wire::DeployEvent {
                 service: def.name.clone(),
@@ -238,7 +355,7 @@ impl MasterService {
         let mut stream = client
             .deploy(agent::DeployRequest {
                 service: Some(agent::ServiceSpec::from(&def)),
-                generation: 0,
+                generation,
             })
             .await
             .map_err(|s| from_agent(&target, s))?
@@ -263,28 +380,18 @@ impl MasterService {
                 def.name
             ))
         })?;
+        self.state.reconciler.deployed(&def.name);
         registry.set_service(&target, &def.name, Some(status));
-        if let Some(old) = current.filter(|c| c != &target) {
-            if let Some(old_node) = registry.node(&old) {
-                let mut client = self.client(&old_node.name)?;
-                match client
-                    .remove(agent::ServiceRequest {
-                        service: def.name.clone(),
-                        generation: None,
-                    })
-                    .await
-                {
-                    Ok(_) => registry.set_service(&old, &def.name, None),
-                    Err(s) => registry.event(
-                        &old,
-                        format!(
-                            "remove {} after its move to {target}: {}",
-                            def.name,
-                            s.message()
-                        ),
-                    ),
-                }
-            }
+        if current.is_some_and(|c| c != target) {
+            // Moves: the old copy is older now; the loop removes it once its node
+            // answers. Wait for one pass so the CLI returns with the move complete
+            // where it can be.
+            self.state
+                .reconciler
+                .converge(self.state.config.probe_timeout.max(Duration::from_secs(2)))
+                .await;
+        } else {
+            self.state.reconciler.trigger();
         }
         Ok(())
     }
@@ -295,6 +402,7 @@ impl MasterService {
         rpc: &'static str,
     ) -> Result<agent::ServiceStatus, Status> {
         check_service_name(&service)?;
+        self.settle(None).await;
         let node = self.node_for(&service)?;
         self.require(&node, rpc)?;
         let mut client = self.client(&node.name)?;
@@ -318,6 +426,7 @@ impl MasterService {
         self.state
             .registry
             .event(&node.name, format!("{} {service}", rpc.to_lowercase()));
+        self.state.reconciler.trigger();
         Ok(status)
     }
 }
@@ -420,6 +529,7 @@ impl Master for MasterService {
         let (tx, rx) = mpsc::channel(256);
         let this = self.clone();
         tokio::spawn(async move {
+            this.settle(Some(&tx)).await;
             let mut snapshot = this.snapshot();
             for def in ordered {
                 let name = def.name.clone();
@@ -482,6 +592,7 @@ impl Master for MasterService {
         self.operator(&request, Access::Write, "remove").await?;
         let service = request.into_inner().service;
         check_service_name(&service)?;
+        self.settle(None).await;
         let node = self.node_for(&service)?;
         self.require(&node, "Remove")?;
         let mut client = self.client(&node.name)?;
@@ -496,6 +607,15 @@ impl Master for MasterService {
         self.state
             .registry
             .event(&node.name, format!("removed {service}"));
+        // Any other copy (on a node that was away) is at or below this generation: the
+        // loop removes it wherever it turns up.
+        self.state
+            .reconciler
+            .removed(&service, self.state.hlc.next());
+        self.state
+            .reconciler
+            .converge(self.state.config.probe_timeout.max(Duration::from_secs(2)))
+            .await;
         Ok(Response::new(wire::RemoveReply {
             service,
             node: node.name,

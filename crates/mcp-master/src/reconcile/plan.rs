@@ -1,0 +1,160 @@
+//! The planner: a pure function from a snapshot of the registry (what the agents
+//! reported, and what the master was asked) to the actions that make the fleet match
+//! it. No I/O, no clock, no locks, so it is table- and property-tested alone, as
+//! `mcp-placement` is. Each kind of derived state is one projection of the same
+//! snapshot: today the copies of each service; edge route tables and DNS records plug
+//! in beside it as further `plan_*` functions whose actions join the same list.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the planner sees of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// The node answers RPCs now (healthy, and its service state is known).
+    pub answers: bool,
+    pub copies: Vec<Copy>,
+}
+
+/// One copy of a service on a node, as its agent reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copy {
+    pub service: String,
+    /// The generation of the deploy it comes from (0: before generations, or an
+    /// instance with no desired state on its node).
+    pub generation: u64,
+    /// The node holds desired state for it (false: only instances, desired "absent").
+    pub desired: bool,
+}
+
+/// The registry as the planner sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct World {
+    pub nodes: Vec<NodeFacts>,
+    /// Services removed by an operator, with the generation of the removal: any copy
+    /// at or below it is garbage wherever it turns up.
+    pub removed: BTreeMap<String, u64>,
+}
+
+/// Something the executor must make true.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Remove `service` from `node`, fenced by `generation`: the agent refuses if its
+    /// copy has become newer meanwhile.
+    RemoveCopy {
+        service: String,
+        node: String,
+        generation: u64,
+        why: Why,
+    },
+    /// Forget a removal once no copy of the service is left anywhere.
+    ForgetRemoval { service: String },
+}
+
+impl Action {
+    /// The node an action concerns ("" for the master's own bookkeeping).
+    pub fn node(&self) -> &str {
+        match self {
+            Action::RemoveCopy { node, .. } => node,
+            Action::ForgetRemoval { .. } => "",
+        }
+    }
+}
+
+/// Why a copy goes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Why {
+    /// A newer copy runs elsewhere (a move, or a redeploy while this node was away).
+    Superseded { by_node: String, by_generation: u64 },
+    /// The operator removed the service.
+    Removed,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Superseded {
+                by_node,
+                by_generation,
+            } => write!(f, "superseded by generation {by_generation} on {by_node}"),
+            Why::Removed => write!(f, "the service was removed"),
+        }
+    }
+}
+
+/// The copy that should exist of `service`: the newest generation; among equals a
+/// copy with desired state beats bare instances, then the node name decides (so every
+/// caller agrees). None when no node reports the service.
+pub fn newest<'a>(nodes: &'a [NodeFacts], service: &str) -> Option<(&'a NodeFacts, &'a Copy)> {
+    nodes
+        .iter()
+        .flat_map(|n| n.copies.iter().map(move |c| (n, c)))
+        .filter(|(_, c)| c.service == service)
+        .max_by(|(na, a), (nb, b)| {
+            (a.generation, a.desired)
+                .cmp(&(b.generation, b.desired))
+                .then_with(|| nb.name.cmp(&na.name))
+        })
+}
+
+/// Every action the world needs now, sorted.
+pub fn plan(world: &World) -> Vec<Action> {
+    let mut actions = plan_copies(world);
+    actions.sort();
+    actions
+}
+
+/// Copies: one per service, the newest. Older copies are removed once their node
+/// answers; removed services lose every copy at or below the removal. Two copies that
+/// cannot be ordered (both generation 0 with desired state) are left alone: the master
+/// cannot know which is right.
+fn plan_copies(world: &World) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let services: BTreeSet<&str> = world
+        .nodes
+        .iter()
+        .flat_map(|n| n.copies.iter().map(|c| c.service.as_str()))
+        .collect();
+    for service in &services {
+        let removed_at = world.removed.get(*service).copied();
+        let Some((top_node, top)) = newest(&world.nodes, service) else {
+            continue;
+        };
+        for node in &world.nodes {
+            for copy in node.copies.iter().filter(|c| c.service == *service) {
+                let why = match removed_at {
+                    Some(at) if copy.generation <= at => Why::Removed,
+                    _ if std::ptr::eq(copy, top) => continue,
+                    _ if copy.generation < top.generation
+                        || (copy.generation == top.generation && !copy.desired && top.desired) =>
+                    {
+                        Why::Superseded {
+                            by_node: top_node.name.clone(),
+                            by_generation: top.generation,
+                        }
+                    }
+                    _ => continue,
+                };
+                if node.answers {
+                    actions.push(Action::RemoveCopy {
+                        service: service.to_string(),
+                        node: node.name.clone(),
+                        generation: copy.generation,
+                        why,
+                    });
+                }
+            }
+        }
+    }
+    for service in world.removed.keys() {
+        if !services.contains(service.as_str()) {
+            actions.push(Action::ForgetRemoval {
+                service: service.clone(),
+            });
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests;
