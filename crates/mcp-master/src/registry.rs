@@ -505,7 +505,10 @@ mod tests {
         assert_eq!(node.services.len(), 1, "the services are not forgotten");
         assert_eq!(node.containers, 1);
         assert!(!node.state_known);
-        assert!(!node.facts().answers, "the loop does not act on a node in doubt");
+        assert!(
+            !node.facts().answers,
+            "the loop does not act on a node in doubt"
+        );
     }
 
     #[test]
