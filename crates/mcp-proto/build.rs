@@ -6,6 +6,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={root}/{file}");
     }
     let fds = protox::compile(files, [root])?;
+    // Every RPC of every service, so a test can check that each one is declared where
+    // it must be (the master's authorization table, the agent's capabilities).
+    let mut rpcs = String::from("/// (package.Service, Method) of every RPC in proto/.\npub const RPCS: &[(&str, &str)] = &[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                rpcs.push_str(&format!(
+                    "    (\"{}.{}\", \"{}\"),\n",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    rpcs.push_str("];\n");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("rpcs.rs");
+    std::fs::write(out, rpcs)?;
     tonic_prost_build::configure()
         .codec_path("crate::codec::SmallCodec")
         .compile_fds(fds)?;

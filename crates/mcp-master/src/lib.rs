@@ -2,6 +2,7 @@
 //! fleet-wide status. It keeps nothing durable but its config (and, later, the fleet
 //! CA): after a restart the agents re-register and its view is whole again.
 
+pub mod authz;
 pub mod config;
 pub mod health;
 pub mod hlc;
@@ -67,6 +68,7 @@ pub async fn serve(
         hlc: hlc::Hlc::default(),
         reconciler: reconcile::Reconciler::default(),
         started: std::time::Instant::now(),
+        logins: tokio::sync::Semaphore::new(2),
         security,
         config,
     });
@@ -90,7 +92,12 @@ pub async fn serve(
         .add_service(NodesServer::new(nodes::NodeService {
             state: state.clone(),
         }))
-        .add_service(MasterServer::new(MasterService { state }))
+        .add_service(authz::Authorized::new(
+            MasterServer::new(MasterService {
+                state: state.clone(),
+            }),
+            state,
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })

@@ -25,6 +25,8 @@ pub mod master {
     }
 }
 
+include!(concat!(env!("OUT_DIR"), "/rpcs.rs"));
+
 /// RPC names an agent of this version serves, reported at registration so the master
 /// never sends an RPC an agent lacks.
 pub const AGENT_RPCS: &[&str] = &[
