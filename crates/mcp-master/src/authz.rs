@@ -16,7 +16,7 @@ use mcp_proto::tonic::codegen::{http, BoxFuture, Service};
 use mcp_proto::tonic::server::NamedService;
 use mcp_proto::tonic::Status;
 
-use crate::service::MasterState;
+use crate::state::MasterState;
 
 /// Who may call an operator RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

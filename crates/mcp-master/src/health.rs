@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mcp_proto::agent::v1::{agent_client::AgentClient, ProbeRequest};
 
-use crate::service::MasterState;
+use crate::state::MasterState;
 
 /// How often overdue heartbeats are looked for: a twentieth of the interval, so a
 /// failure is found within about 5% of the bound.

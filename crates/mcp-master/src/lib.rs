@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod config;
+pub mod deploy;
 pub mod health;
 pub mod hlc;
 pub mod nodes;
@@ -11,6 +12,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod security;
 pub mod service;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +22,8 @@ use mcp_proto::master::v1::{master_server::MasterServer, nodes_server::NodesServ
 use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::Config;
-use crate::service::{MasterService, MasterState};
+use crate::service::MasterService;
+use crate::state::MasterState;
 
 /// This master's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

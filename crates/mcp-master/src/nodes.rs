@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::registry::{NodeEntry, NodeState};
-use crate::service::MasterState;
+use crate::state::MasterState;
 
 /// The client's certificate, as the transport recorded it.
 fn peer<T>(request: &Request<T>) -> PeerInfo {

@@ -4,7 +4,7 @@
 //! here, in one place.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use mcp_proto::agent::v1 as agent;
@@ -13,102 +13,12 @@ use mcp_proto::convert::check_service_name;
 use mcp_proto::master::v1::{self as wire, master_server::Master};
 use mcp_proto::tonic::transport::Channel;
 use mcp_proto::tonic::{self, Code, Request, Response, Status};
-use mcp_proto::transport::ClientTransport;
 use mcp_types::ServiceDef;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::Config;
-use crate::registry::{NodeEntry, NodeState, Registry};
-use mcp_placement::{Capacity, Health, NodeView, PlacedService, Role, Snapshot};
-
-/// Shared master state.
-pub struct MasterState {
-    pub config: Config,
-    pub registry: Registry,
-    pub transport: ClientTransport,
-    pub security: crate::security::Security,
-    /// Deploys in flight: (service, node), so that node may ask for the service's
-    /// certificate before the deploy completes. An entry lives exactly as long as its
-    /// deploy (see [`Placing`]); afterwards only the node holding the newest copy may.
-    pub placements: std::sync::Mutex<Vec<(String, String)>>,
-    /// Generations for deploys and removals.
-    pub hlc: crate::hlc::Hlc,
-    /// The control loop's handle.
-    pub reconciler: crate::reconcile::Reconciler,
-    /// When this master started: placements wait for the fleet to re-register.
-    pub started: Instant,
-    /// Password checks running at once (argon2 is slow on purpose).
-    pub logins: tokio::sync::Semaphore,
-}
-
-impl MasterState {
-    /// May `node` hold a certificate for `service`? While a deploy to it runs, or while
-    /// it holds the service's newest copy.
-    pub fn may_issue(&self, service: &str, node: &str) -> bool {
-        let placing = self
-            .placements
-            .lock()
-            .map(|p| p.iter().any(|(s, n)| s == service && n == node))
-            .unwrap_or(false);
-        placing || self.registry.locate(service).as_deref() == Some(node)
-    }
-
-    /// How long a fresh master holds placements while agents re-register: a few
-    /// heartbeat intervals, at least the agents' capped re-registration backoff (two
-    /// seconds with jitter), at most ten seconds.
-    pub fn grace(&self) -> Duration {
-        (self.config.heartbeat_interval * 3).clamp(Duration::from_secs(2), Duration::from_secs(10))
-    }
-
-    /// Bootstrap nodes not registered yet; empty once the grace period is over.
-    pub fn unsettled(&self) -> Vec<String> {
-        if self.started.elapsed() >= self.grace() {
-            return Vec::new();
-        }
-        let missing: Vec<String> = self
-            .config
-            .bootstrap_nodes
-            .iter()
-            .filter(|b| self.registry.node(&b.name).is_none())
-            .map(|b| b.name.clone())
-            .collect();
-        if missing.is_empty() && !self.config.bootstrap_nodes.is_empty() {
-            return Vec::new();
-        }
-        if missing.is_empty() {
-            // No bootstrap list: only the grace period tells.
-            return vec!["(any node)".to_string()];
-        }
-        missing
-    }
-}
-
-/// An in-flight placement, dropped (and forgotten) when its deploy ends either way.
-struct Placing<'a> {
-    state: &'a MasterState,
-    entry: (String, String),
-}
-
-impl<'a> Placing<'a> {
-    fn new(state: &'a MasterState, service: &str, node: &str) -> Placing<'a> {
-        let entry = (service.to_string(), node.to_string());
-        if let Ok(mut p) = state.placements.lock() {
-            p.push(entry.clone());
-        }
-        Placing { state, entry }
-    }
-}
-
-impl Drop for Placing<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut p) = self.state.placements.lock() {
-            if let Some(i) = p.iter().position(|e| e == &self.entry) {
-                p.swap_remove(i);
-            }
-        }
-    }
-}
+use crate::registry::{NodeEntry, NodeState};
+use crate::state::MasterState;
 
 /// The service implementation.
 #[derive(Clone)]
@@ -143,14 +53,14 @@ impl MasterService {
     }
 
     /// A client for a node's agent.
-    fn client(&self, node: &str) -> Result<AgentClient<Channel>, Status> {
+    pub(crate) fn client(&self, node: &str) -> Result<AgentClient<Channel>, Status> {
         self.state
             .registry
             .client(node, &self.state.transport)
             .map_err(Status::failed_precondition)
     }
 
-    fn require(&self, node: &NodeEntry, rpc: &str) -> Result<(), Status> {
+    pub(crate) fn require(&self, node: &NodeEntry, rpc: &str) -> Result<(), Status> {
         if node.supports(rpc) {
             Ok(())
         } else {
@@ -186,178 +96,6 @@ impl MasterService {
                     .set_services(&name, reply.into_inner().services);
             }
         }
-    }
-
-    /// The fleet as placement sees it now: one snapshot per deploy batch.
-    fn snapshot(&self) -> Snapshot {
-        let nodes = self.state.registry.nodes();
-        let mut placed = Vec::new();
-        let views = nodes
-            .iter()
-            .map(|n| {
-                for s in &n.services {
-                    let r = s.spec.as_ref().and_then(|spec| spec.resources.as_ref());
-                    placed.push(PlacedService {
-                        service: s.name.clone(),
-                        node: n.name.clone(),
-                        requests: Capacity {
-                            cpu: r.and_then(|r| r.cpu).unwrap_or(0.0),
-                            memory: r.and_then(|r| r.memory).unwrap_or(0),
-                            disk: r.and_then(|r| r.disk).unwrap_or(0),
-                        },
-                    });
-                }
-                NodeView {
-                    name: n.name.clone(),
-                    role: if n.role == "worker" {
-                        Role::Worker
-                    } else {
-                        Role::Edge
-                    },
-                    arch: n.arch.parse().unwrap_or(mcp_types::Arch::Amd64),
-                    health: match n.state {
-                        NodeState::Healthy => Health::Healthy,
-                        NodeState::Probing => Health::Probing,
-                        NodeState::Unhealthy => Health::Unhealthy,
-                    },
-                    pools: n.pools.clone(),
-                    total: Capacity {
-                        cpu: n.resources.cpu_cores,
-                        memory: n.resources.memory_total,
-                        disk: n.resources.disk_total,
-                    },
-                    free_memory: n.resources.memory_free,
-                    free_disk: n.resources.disk_free,
-                }
-            })
-            .collect();
-        Snapshot::new(
-            views,
-            &placed,
-            self.state.config.placement.policy(),
-            &self.state.config.node,
-        )
-    }
-
-    /// Holds placements of a fresh master until every bootstrap node has registered or
-    /// the grace period has passed, telling the CLI why it waits: a master that placed
-    /// before the node running a service re-registered would start a second copy.
-    async fn settle(&self, out: Option<&mpsc::Sender<Result<wire::DeployEvent, Status>>>) {
-        let mut told = false;
-        loop {
-            let missing = self.state.unsettled();
-            if missing.is_empty() {
-                return;
-            }
-            if !told {
-                told = true;
-                let message = format!(
-                    "the master started {:.1?} ago; waiting up to {:?} for nodes to register ({})",
-                    self.state.started.elapsed(),
-                    self.state.grace(),
-                    missing.join(", ")
-                );
-                tracing::info!("{message}");
-                if let Some(out) = out {
-                    let _ = out
-                        .send(Ok(wire::DeployEvent {
-                            service: String::new(),
-                            node: String::new(),
-                            event: Some(wire::deploy_event::Event::Agent(agent::DeployEvent {
-                                event: Some(agent::deploy_event::Event::Step(agent::Step {
-                                    step: "wait".to_string(),
-                                    component: String::new(),
-                                    message,
-                                })),
-                            })),
-                        }))
-                        .await;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Deploys one service: place, call the agent with a new generation, forward its
-    /// events, record the result. A copy left on a node it moved away from is the
-    /// control loop's to remove; the deploy waits for that pass.
-    async fn deploy_one(
-        &self,
-        def: ServiceDef,
-        snapshot: &mut Snapshot,
-        out: &mpsc::Sender<Result<wire::DeployEvent, Status>>,
-    ) -> Result<(), Status> {
-        let registry = &self.state.registry;
-        let current = registry.locate(&def.name);
-        let placement = snapshot
-            .place(&def, current.as_deref())
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let target = placement.node;
-        let node = registry
-            .node(&target)
-            .ok_or_else(|| Status::failed_precondition(format!("node {target} vanished")))?;
-        self.require(&node, "Deploy")?;
-        let reason = match &current {
-            Some(c) if c != &target => format!("{}; moves from {c}", placement.reason),
-            _ => placement.reason,
-        };
-        snapshot.commit(&def.name, &target, mcp_placement::requests_of(&def));
-        let _placing = Placing::new(&self.state, &def.name, &target);
-        let generation = self.state.hlc.next();
-        registry.event(
-            &target,
-            format!("deploy {} generation {generation} ({reason})", def.name),
-        );
-        let _ = out
-            .send(Ok(wire::DeployEvent {
-                service: def.name.clone(),
-                node: target.clone(),
-                event: Some(wire::deploy_event::Event::Placed(wire::Placed { reason })),
-            }))
-            .await;
-        let mut client = self.client(&node.name)?;
-        let mut stream = client
-            .deploy(agent::DeployRequest {
-                service: Some(agent::ServiceSpec::from(&def)),
-                generation,
-            })
-            .await
-            .map_err(|s| from_agent(&target, s))?
-            .into_inner();
-        let mut done = None;
-        while let Some(item) = stream.next().await {
-            let event = item.map_err(|s| from_agent(&target, s))?;
-            if let Some(agent::deploy_event::Event::Done(status)) = &event.event {
-                done = Some(status.clone());
-            }
-            let _ = out
-                .send(Ok(wire::DeployEvent {
-                    service: def.name.clone(),
-                    node: target.clone(),
-                    event: Some(wire::deploy_event::Event::Agent(event)),
-                }))
-                .await;
-        }
-        let status = done.ok_or_else(|| {
-            Status::aborted(format!(
-                "node {target}: deploy of {} ended without a result",
-                def.name
-            ))
-        })?;
-        self.state.reconciler.deployed(&def.name);
-        registry.set_service(&target, &def.name, Some(status));
-        if current.is_some_and(|c| c != target) {
-            // Moves: the old copy is older now; the loop removes it once its node
-            // answers. Wait for one pass so the CLI returns with the move complete
-            // where it can be.
-            self.state
-                .reconciler
-                .converge(self.state.config.probe_timeout.max(Duration::from_secs(2)))
-                .await;
-        } else {
-            self.state.reconciler.trigger();
-        }
-        Ok(())
     }
 
     async fn lifecycle(

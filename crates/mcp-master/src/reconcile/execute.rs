@@ -13,7 +13,7 @@ use mcp_proto::tonic::Code;
 use tokio::sync::{mpsc, watch};
 
 use super::plan::Action;
-use crate::service::MasterState;
+use crate::state::MasterState;
 
 /// Bound on one action's RPC: a remove stops containers, which may take a while.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(30);

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::service::MasterState;
+use crate::state::MasterState;
 
 /// First retry after a failed action; doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -1,0 +1,195 @@
+//! Deploys: the placement snapshot, the hold of a fresh master until its fleet has
+//! re-registered, and one service's deploy (place, a new generation, the agent's
+//! streamed progress). What must hold afterwards, such as the old copy of a moved
+//! service being gone, is the control loop's; a deploy only waits for its pass.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mcp_placement::{Capacity, Health, NodeView, PlacedService, Role, Snapshot};
+use mcp_proto::agent::v1 as agent;
+use mcp_proto::master::v1 as wire;
+use mcp_proto::tonic::Status;
+use mcp_types::ServiceDef;
+use tokio::sync::mpsc;
+
+use crate::registry::NodeState;
+use crate::service::{from_agent, MasterService};
+use crate::state::Placing;
+
+impl MasterService {
+    /// The fleet as placement sees it now: one snapshot per deploy batch.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let nodes = self.state.registry.nodes();
+        let mut placed = Vec::new();
+        let views = nodes
+            .iter()
+            .map(|n| {
+                for s in &n.services {
+                    let r = s.spec.as_ref().and_then(|spec| spec.resources.as_ref());
+                    placed.push(PlacedService {
+                        service: s.name.clone(),
+                        node: n.name.clone(),
+                        requests: Capacity {
+                            cpu: r.and_then(|r| r.cpu).unwrap_or(0.0),
+                            memory: r.and_then(|r| r.memory).unwrap_or(0),
+                            disk: r.and_then(|r| r.disk).unwrap_or(0),
+                        },
+                    });
+                }
+                NodeView {
+                    name: n.name.clone(),
+                    role: if n.role == "worker" {
+                        Role::Worker
+                    } else {
+                        Role::Edge
+                    },
+                    arch: n.arch.parse().unwrap_or(mcp_types::Arch::Amd64),
+                    health: match n.state {
+                        NodeState::Healthy => Health::Healthy,
+                        NodeState::Probing => Health::Probing,
+                        NodeState::Unhealthy => Health::Unhealthy,
+                    },
+                    pools: n.pools.clone(),
+                    total: Capacity {
+                        cpu: n.resources.cpu_cores,
+                        memory: n.resources.memory_total,
+                        disk: n.resources.disk_total,
+                    },
+                    free_memory: n.resources.memory_free,
+                    free_disk: n.resources.disk_free,
+                }
+            })
+            .collect();
+        Snapshot::new(
+            views,
+            &placed,
+            self.state.config.placement.policy(),
+            &self.state.config.node,
+        )
+    }
+
+    /// Holds placements of a fresh master until every bootstrap node has registered or
+    /// the grace period has passed, telling the CLI why it waits: a master that placed
+    /// before the node running a service re-registered would start a second copy.
+    pub(crate) async fn settle(
+        &self,
+        out: Option<&mpsc::Sender<Result<wire::DeployEvent, Status>>>,
+    ) {
+        let mut told = false;
+        loop {
+            let missing = self.state.unsettled();
+            if missing.is_empty() {
+                return;
+            }
+            if !told {
+                told = true;
+                let message = format!(
+                    "the master started {:.1?} ago; waiting up to {:?} for nodes to register ({})",
+                    self.state.started.elapsed(),
+                    self.state.grace(),
+                    missing.join(", ")
+                );
+                tracing::info!("{message}");
+                if let Some(out) = out {
+                    let _ = out
+                        .send(Ok(wire::DeployEvent {
+                            service: String::new(),
+                            node: String::new(),
+                            event: Some(wire::deploy_event::Event::Agent(agent::DeployEvent {
+                                event: Some(agent::deploy_event::Event::Step(agent::Step {
+                                    step: "wait".to_string(),
+                                    component: String::new(),
+                                    message,
+                                })),
+                            })),
+                        }))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Deploys one service: place, call the agent with a new generation, forward its
+    /// events, record the result. A copy left on a node it moved away from is the
+    /// control loop's to remove; the deploy waits for that pass.
+    pub(crate) async fn deploy_one(
+        &self,
+        def: ServiceDef,
+        snapshot: &mut Snapshot,
+        out: &mpsc::Sender<Result<wire::DeployEvent, Status>>,
+    ) -> Result<(), Status> {
+        let registry = &self.state.registry;
+        let current = registry.locate(&def.name);
+        let placement = snapshot
+            .place(&def, current.as_deref())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let target = placement.node;
+        let node = registry
+            .node(&target)
+            .ok_or_else(|| Status::failed_precondition(format!("node {target} vanished")))?;
+        self.require(&node, "Deploy")?;
+        let reason = match &current {
+            Some(c) if c != &target => format!("{}; moves from {c}", placement.reason),
+            _ => placement.reason,
+        };
+        snapshot.commit(&def.name, &target, mcp_placement::requests_of(&def));
+        let _placing = Placing::new(&self.state, &def.name, &target);
+        let generation = self.state.hlc.next();
+        registry.event(
+            &target,
+            format!("deploy {} generation {generation} ({reason})", def.name),
+        );
+        let _ = out
+            .send(Ok(wire::DeployEvent {
+                service: def.name.clone(),
+                node: target.clone(),
+                event: Some(wire::deploy_event::Event::Placed(wire::Placed { reason })),
+            }))
+            .await;
+        let mut client = self.client(&node.name)?;
+        let mut stream = client
+            .deploy(agent::DeployRequest {
+                service: Some(agent::ServiceSpec::from(&def)),
+                generation,
+            })
+            .await
+            .map_err(|s| from_agent(&target, s))?
+            .into_inner();
+        let mut done = None;
+        while let Some(item) = stream.next().await {
+            let event = item.map_err(|s| from_agent(&target, s))?;
+            if let Some(agent::deploy_event::Event::Done(status)) = &event.event {
+                done = Some(status.clone());
+            }
+            let _ = out
+                .send(Ok(wire::DeployEvent {
+                    service: def.name.clone(),
+                    node: target.clone(),
+                    event: Some(wire::deploy_event::Event::Agent(event)),
+                }))
+                .await;
+        }
+        let status = done.ok_or_else(|| {
+            Status::aborted(format!(
+                "node {target}: deploy of {} ended without a result",
+                def.name
+            ))
+        })?;
+        self.state.reconciler.deployed(&def.name);
+        registry.set_service(&target, &def.name, Some(status));
+        if current.is_some_and(|c| c != target) {
+            // Moves: the old copy is older now; the loop removes it once its node
+            // answers. Wait for one pass so the CLI returns with the move complete
+            // where it can be.
+            self.state
+                .reconciler
+                .converge(self.state.config.probe_timeout.max(Duration::from_secs(2)))
+                .await;
+        } else {
+            self.state.reconciler.trigger();
+        }
+        Ok(())
+    }
+}
