@@ -86,7 +86,7 @@ pub async fn run(
     ));
 
     // Adoption: whatever runs with this node's label is found, not started again.
-    let adopted = node.observe().await?;
+    let adopted = node.resume().await?;
     tracing::info!(
         node = %config.name,
         runtime = ?config.runtime,

@@ -29,6 +29,40 @@ pub fn alive_with_cmdline(pid: u32, needles: &[&str]) -> bool {
     needles.iter().all(|n| cmdline.contains(n))
 }
 
+/// A process's argument vector from `/proc/<pid>/cmdline`, or None when it is gone
+/// or unreadable.
+fn argv(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    Some(
+        text.strip_suffix('\0')
+            .unwrap_or(&text)
+            .split('\0')
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Alive, and running `command`: its argument vector is `command`, or, for a script,
+/// an interpreter followed by `command`. Guards against a recycled PID before the
+/// agent signals or trusts it.
+pub fn runs_command(pid: u32, command: &[String]) -> bool {
+    let Some((program, args)) = command.split_first() else {
+        return false;
+    };
+    if !alive(pid) {
+        return false;
+    }
+    let Some(argv) = argv(pid) else {
+        return false;
+    };
+    let Some(at) = argv.len().checked_sub(command.len()) else {
+        return false;
+    };
+    // At most one argument before the command: a script's interpreter.
+    at <= 1 && argv[at] == *program && argv[at + 1..] == *args
+}
+
 /// Sends `signal` to `pid`; false when there is no such process.
 #[allow(unsafe_code)]
 pub fn signal(pid: u32, signal: i32) -> bool {
@@ -70,5 +104,35 @@ mod tests {
         assert!(alive(me));
         assert!(!alive(u32::MAX - 1));
         assert!(!alive_with_cmdline(me, &["surely-not-in-my-cmdline-xyz"]));
+    }
+
+    #[test]
+    fn runs_command_checks_the_arguments() {
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Kill(
+            std::process::Command::new("sleep")
+                .arg("307")
+                .spawn()
+                .expect("run sleep"),
+        );
+        let pid = child.0.id();
+        // Until the child has exec'd, its cmdline is the test binary's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !alive_with_cmdline(pid, &["sleep"]) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let cmd = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(runs_command(pid, &cmd(&["sleep", "307"])));
+        assert!(!runs_command(pid, &cmd(&["sleep", "30"])));
+        assert!(!runs_command(pid, &cmd(&["sleep"])));
+        assert!(!runs_command(pid, &cmd(&["/bin/sleep", "307"])));
+        assert!(!runs_command(pid, &cmd(&["true", "sleep", "307"])));
+        assert!(!runs_command(pid, &[]));
     }
 }

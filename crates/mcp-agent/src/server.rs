@@ -26,6 +26,9 @@ pub fn status_of(error: NodeError) -> Status {
     match error {
         NodeError::NotFound(_) => Status::not_found(error.to_string()),
         NodeError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        NodeError::StaleDeploy { .. } | NodeError::NewerHeld { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
         NodeError::Step(e) => Status::aborted(e.to_string()),
         NodeError::Internal(e) => Status::internal(format!("{e:#}")),
     }
@@ -44,8 +47,9 @@ impl Agent for AgentService {
         &self,
         request: Request<wire::DeployRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let generation = request.generation;
         let spec = request
-            .into_inner()
             .service
             .ok_or_else(|| Status::invalid_argument("service: missing"))?;
         let def =
@@ -53,7 +57,8 @@ impl Agent for AgentService {
         let (out_tx, out_rx) = mpsc::channel(256);
         let (events_tx, mut events_rx) = mpsc::channel::<wire::DeployEvent>(256);
         let node = self.node.clone();
-        let span = tracing::info_span!("deploy", node = %node.name, service = %def.name);
+        let span =
+            tracing::info_span!("deploy", node = %node.name, service = %def.name, generation);
         tokio::spawn(
             async move {
                 let service = def.name.clone();
@@ -66,7 +71,7 @@ impl Agent for AgentService {
                     })
                 };
                 // The deploy runs to its end even if the caller goes away.
-                let result = node.deploy(def, &events_tx).await;
+                let result = node.deploy(def, generation, &events_tx).await;
                 drop(events_tx);
                 let _ = forward.await;
                 match result {
@@ -132,9 +137,15 @@ impl Agent for AgentService {
         &self,
         request: Request<wire::ServiceRequest>,
     ) -> Result<Response<wire::RemoveReply>, Status> {
-        let service = request.into_inner().service;
+        let wire::ServiceRequest {
+            service,
+            generation,
+        } = request.into_inner();
         check_service_name(&service)?;
-        self.node.remove(&service).await.map_err(status_of)?;
+        self.node
+            .remove(&service, generation)
+            .await
+            .map_err(status_of)?;
         tracing::info!(node = %self.node.name, service = %service, "removed");
         Ok(Response::new(wire::RemoveReply { service }))
     }

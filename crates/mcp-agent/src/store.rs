@@ -2,12 +2,17 @@
 //! whether they should run, and the host port published for each route. Every change
 //! is committed here before the agent acts on it, so a SIGKILL at any moment loses
 //! nothing the agent has acknowledged.
+//!
+//! The schema is versioned (`PRAGMA user_version`, SPEC §13): `open` runs the ordered
+//! migrations a database lacks and refuses one written by a newer agent. Stored
+//! definitions carry their own format version (`{"v":1,"service":...}`); a bare
+//! definition is the format agents wrote before versions.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use mcp_types::ServiceDef;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -16,6 +21,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub enum Desired {
     Running,
     Stopped,
+    /// Removal committed, not yet finished (a tombstone): the agent removes its
+    /// instances, then forgets the service. A crash in between leaves this, and the
+    /// next start of the agent (or remove of the service) finishes the removal.
+    Removing,
 }
 
 impl Desired {
@@ -23,13 +32,15 @@ impl Desired {
         match self {
             Desired::Running => "running",
             Desired::Stopped => "stopped",
+            Desired::Removing => "removing",
         }
     }
-    fn parse(s: &str) -> Desired {
-        if s == "stopped" {
-            Desired::Stopped
-        } else {
-            Desired::Running
+    fn parse(s: &str) -> anyhow::Result<Desired> {
+        match s {
+            "running" => Ok(Desired::Running),
+            "stopped" => Ok(Desired::Stopped),
+            "removing" => Ok(Desired::Removing),
+            other => bail!("unknown desired state {other:?}"),
         }
     }
 }
@@ -41,6 +52,18 @@ pub struct ServiceRecord {
     pub desired: Desired,
     /// Host port of each route: (component, route) -> port.
     pub ports: BTreeMap<(String, String), u16>,
+    /// The generation of the deploy this record comes from; 0 for deploys that
+    /// carried none (masters, and databases, from before generations).
+    pub generation: u64,
+}
+
+impl ServiceRecord {
+    /// The host port recorded for `route` of `component`.
+    pub fn host_port(&self, component: &str, route: &str) -> Option<u16> {
+        self.ports
+            .get(&(component.to_string(), route.to_string()))
+            .copied()
+    }
 }
 
 /// The agent database.
@@ -48,8 +71,18 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS services (
+/// The schema this agent writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The format of the stored definition JSON this agent writes.
+pub const SPEC_FORMAT: u64 = 1;
+
+/// Ordered migrations: `MIGRATIONS[n]` takes a database from version n to n + 1.
+/// Append only: a released migration never changes.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 0 -> 1. Version 0 is both an empty file and the unversioned schema of the first
+    // agents (their tables, `IF NOT EXISTS`), to which 1 adds each service's generation.
+    "CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     desired TEXT NOT NULL,
@@ -67,7 +100,8 @@ CREATE TABLE IF NOT EXISTS ports (
     host_port INTEGER NOT NULL UNIQUE,
     PRIMARY KEY (service, component, route)
 );
-";
+ALTER TABLE services ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+];
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -78,15 +112,14 @@ fn now() -> i64 {
 impl Store {
     /// Opens (creating) `<data_dir>/agent.db`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let conn =
+        let mut conn =
             Connection::open(path).with_context(|| format!("open agent db {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .context("set WAL mode")?;
         conn.pragma_update(None, "synchronous", "FULL")
             .context("set synchronous")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)
-            .context("create agent db schema")?;
+        migrate(&mut conn).with_context(|| format!("open agent db {}", path.display()))?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -98,15 +131,26 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes a service's definition, desired state and ports in one transaction.
+    /// Writes a service's definition, desired state, generation and ports in one
+    /// transaction.
     pub fn put(&self, record: &ServiceRecord) -> anyhow::Result<()> {
-        let spec = serde_json::to_string(&record.def).context("encode service")?;
+        let spec = encode_spec(&record.def)?;
+        let generation = i64::try_from(record.generation)
+            .with_context(|| format!("generation {} is out of range", record.generation))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO services (name, spec, desired, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO UPDATE SET spec = ?2, desired = ?3, updated_at = ?4",
-            params![record.def.name, spec, record.desired.as_str(), now()],
+            "INSERT INTO services (name, spec, desired, updated_at, generation)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET spec = ?2, desired = ?3, updated_at = ?4,
+                 generation = ?5",
+            params![
+                record.def.name,
+                spec,
+                record.desired.as_str(),
+                now(),
+                generation
+            ],
         )?;
         tx.execute(
             "DELETE FROM ports WHERE service = ?1",
@@ -150,23 +194,26 @@ impl Store {
 
     pub fn get(&self, service: &str) -> anyhow::Result<Option<ServiceRecord>> {
         let conn = self.conn();
-        let row: Option<(String, String)> = conn
+        let row: Option<(String, String, i64)> = conn
             .query_row(
-                "SELECT spec, desired FROM services WHERE name = ?1",
+                "SELECT spec, desired, generation FROM services WHERE name = ?1",
                 params![service],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()?;
-        let Some((spec, desired)) = row else {
+            .optional()
+            .with_context(|| format!("read stored service {service}"))?;
+        let Some((spec, desired, generation)) = row else {
             return Ok(None);
         };
-        let def: ServiceDef = serde_json::from_str(&spec)
-            .with_context(|| format!("decode stored service {service}"))?;
+        let def = decode_spec(&spec).with_context(|| format!("decode stored service {service}"))?;
+        let desired =
+            Desired::parse(&desired).with_context(|| format!("decode stored service {service}"))?;
         let ports = ports_of(&conn, service)?;
         Ok(Some(ServiceRecord {
             def,
-            desired: Desired::parse(&desired),
+            desired,
             ports,
+            generation: u64::try_from(generation).unwrap_or(0),
         }))
     }
 
@@ -215,6 +262,66 @@ impl Store {
     }
 }
 
+/// Brings the database to `SCHEMA_VERSION`, one migration (and one transaction) at a
+/// time; refuses a database from a newer agent.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let found: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .context("read the schema version")?;
+    if found > SCHEMA_VERSION {
+        bail!(
+            "the database has schema version {found}, written by a newer agent; this agent \
+             ({}) knows versions up to {SCHEMA_VERSION}: run a newer mcp-agent",
+            crate::VERSION
+        );
+    }
+    for (from, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = i64::try_from(from + 1).context("schema version")?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)
+            .with_context(|| format!("migrate the schema from version {from} to {to}"))?;
+        tx.pragma_update(None, "user_version", to)
+            .with_context(|| format!("record schema version {to}"))?;
+        tx.commit()
+            .with_context(|| format!("commit schema version {to}"))?;
+    }
+    Ok(())
+}
+
+/// A stored definition: `{"v":SPEC_FORMAT,"service":{...}}`.
+fn encode_spec(def: &ServiceDef) -> anyhow::Result<String> {
+    let service = serde_json::to_value(def).context("encode service")?;
+    Ok(serde_json::json!({ "v": SPEC_FORMAT, "service": service }).to_string())
+}
+
+/// Reads a stored definition in any format this agent knows: versioned, or the bare
+/// definition of the first agents (format 0).
+fn decode_spec(text: &str) -> anyhow::Result<ServiceDef> {
+    let mut value: serde_json::Value = serde_json::from_str(text).context("parse JSON")?;
+    let format = match value.get("v") {
+        None => 0,
+        Some(v) => v
+            .as_u64()
+            .with_context(|| format!("format version {v} is not a number"))?,
+    };
+    if format > SPEC_FORMAT {
+        bail!(
+            "stored in format {format} by a newer agent; this agent ({}) knows formats up to \
+             {SPEC_FORMAT}",
+            crate::VERSION
+        );
+    }
+    let def = if format == 0 {
+        value
+    } else {
+        value
+            .get_mut("service")
+            .map(serde_json::Value::take)
+            .context("no \"service\" in the stored definition")?
+    };
+    serde_json::from_value(def).context("decode the definition")
+}
+
 fn ports_of(conn: &Connection, service: &str) -> anyhow::Result<BTreeMap<(String, String), u16>> {
     let mut stmt =
         conn.prepare("SELECT component, route, host_port FROM ports WHERE service = ?1")?;
@@ -250,6 +357,7 @@ mod tests {
             def: def("hello"),
             desired: Desired::Running,
             ports: [(("web".to_string(), "http".to_string()), 40001)].into(),
+            generation: 7,
         };
         {
             let store = Store::open(&path).unwrap();
@@ -261,6 +369,7 @@ mod tests {
         assert_eq!(got.def, record.def);
         assert_eq!(got.desired, Desired::Stopped);
         assert_eq!(got.ports, record.ports);
+        assert_eq!(got.generation, 7);
         assert_eq!(store.used_ports().unwrap(), vec![40001]);
         // A second service may not take a port already recorded.
         let clash = ServiceRecord {
@@ -275,5 +384,113 @@ mod tests {
         store.delete("hello").unwrap();
         assert!(store.all().unwrap().is_empty());
         assert!(store.used_ports().unwrap().is_empty());
+    }
+
+    /// A copy of `tests/data/agent-v0.db`, written by the agent before schema versions.
+    fn v0_copy(dir: &Path) -> std::path::PathBuf {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/agent-v0.db");
+        let to = dir.join("agent.db");
+        std::fs::copy(&from, &to).unwrap();
+        to
+    }
+
+    fn user_version(path: &Path) -> u32 {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_v0_database_migrates_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = v0_copy(dir.path());
+        assert_eq!(user_version(&path), 0);
+        {
+            let store = Store::open(&path).unwrap();
+            let got = store.get("hello").unwrap().unwrap();
+            assert_eq!(got.def.name, "hello");
+            assert_eq!(
+                got.def.components[0].image.as_deref(),
+                Some("mcp-test/hello:1")
+            );
+            assert_eq!(got.desired, Desired::Running);
+            assert_eq!(got.generation, 0, "deployed before generations");
+            assert_eq!(
+                got.ports,
+                [(("web".to_string(), "http".to_string()), 40123)].into()
+            );
+            assert_eq!(
+                store.certs().unwrap(),
+                vec![("hello".to_string(), 1_700_000_000, 1_800_000_000)]
+            );
+            // Written again, it takes the new format and keeps its generation.
+            store
+                .put(&ServiceRecord {
+                    generation: 3,
+                    ..got
+                })
+                .unwrap();
+        }
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        // Opening an up-to-date database migrates nothing and loses nothing.
+        let store = Store::open(&path).unwrap();
+        let got = store.get("hello").unwrap().unwrap();
+        assert_eq!(got.generation, 3);
+        let conn = store.conn();
+        let spec: String = conn
+            .query_row("SELECT spec FROM services WHERE name = 'hello'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+        assert_eq!(spec["v"], SPEC_FORMAT, "{spec}");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_agent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = format!("{:#}", Store::open(&path).err().unwrap());
+        assert!(
+            err.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
+                && err.contains(&format!("up to {SCHEMA_VERSION}"))
+                && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stored_definitions_read_in_every_known_format() {
+        let d = def("hello");
+        let bare = serde_json::to_string(&d).unwrap();
+        assert_eq!(decode_spec(&bare).unwrap(), d);
+        let versioned = encode_spec(&d).unwrap();
+        assert!(versioned.contains("\"v\":1"), "{versioned}");
+        assert_eq!(decode_spec(&versioned).unwrap(), d);
+        let newer = format!("{{\"v\":{},\"service\":{bare}}}", SPEC_FORMAT + 1);
+        let err = format!("{:#}", decode_spec(&newer).unwrap_err());
+        assert!(err.contains("format 2 by a newer agent"), "{err}");
+    }
+
+    #[test]
+    fn tombstones_keep_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("agent.db")).unwrap();
+        let record = ServiceRecord {
+            def: def("hello"),
+            desired: Desired::Running,
+            ports: BTreeMap::new(),
+            generation: 2,
+        };
+        store.put(&record).unwrap();
+        assert!(store.set_desired("hello", Desired::Removing).unwrap());
+        let got = store.get("hello").unwrap().unwrap();
+        assert_eq!(got.desired, Desired::Removing);
+        assert_eq!(got.generation, 2);
     }
 }

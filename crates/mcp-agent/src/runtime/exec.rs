@@ -6,6 +6,10 @@
 //!
 //! Per instance, `<data_dir>/exec/<service>.<component>/` holds `instance.json` (what to
 //! run), `supervisor.pid`, `state.json` (written by the supervisor) and `output.log`.
+//! Both JSON files carry a format version `v` (absent: the first agents' format, 0);
+//! supervisors outlive agent upgrades, so every version reads every older file.
+//! A PID from these files is trusted or signalled only while `/proc/<pid>/cmdline`
+//! still shows the process it was (the supervisor, or the instance's command).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,9 +21,15 @@ use serde::{Deserialize, Serialize};
 use super::{instance_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime};
 use crate::process;
 
+/// The format of `instance.json` and `state.json` this agent writes.
+pub const EXEC_FORMAT: u32 = 1;
+
 /// What the supervisor runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecSpec {
+    /// Format version (`EXEC_FORMAT`; 0 when absent).
+    #[serde(default)]
+    pub v: u32,
     pub service: String,
     pub component: String,
     pub node: String,
@@ -33,6 +43,9 @@ pub struct ExecSpec {
 /// What the supervisor reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecState {
+    /// Format version (`EXEC_FORMAT`; 0 when absent).
+    #[serde(default)]
+    pub v: u32,
     /// "running", "restarting" or "exited".
     pub state: String,
     pub child_pid: Option<u32>,
@@ -84,10 +97,25 @@ pub fn read_state(dir: &Path) -> ExecState {
 }
 
 fn read_spec(dir: &Path) -> anyhow::Result<ExecSpec> {
-    let bytes = std::fs::read(dir.join(SPEC_FILE))
-        .with_context(|| format!("read {}", dir.join(SPEC_FILE).display()))?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("decode {}", dir.join(SPEC_FILE).display()))
+    let path = dir.join(SPEC_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    let spec: ExecSpec =
+        serde_json::from_slice(&bytes).with_context(|| format!("decode {}", path.display()))?;
+    if spec.v > EXEC_FORMAT {
+        bail!(
+            "{} is in format {}, written by a newer agent; this one knows up to {EXEC_FORMAT}",
+            path.display(),
+            spec.v
+        );
+    }
+    Ok(spec)
+}
+
+/// The PID of the instance's process, when the state says it runs and that PID still
+/// runs the instance's command (never a recycled PID).
+fn child_pid(spec: &ExecSpec, state: &ExecState) -> Option<u32> {
+    let pid = state.child_pid.filter(|_| state.state != "exited")?;
+    process::runs_command(pid, &spec.command).then_some(pid)
 }
 
 async fn wait_gone(pid: u32, within: Duration) -> bool {
@@ -128,6 +156,7 @@ impl Runtime for ExecRuntime {
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let spec = ExecSpec {
+            v: EXEC_FORMAT,
             service: instance.service.clone(),
             component: instance.component.clone(),
             node: instance.node.clone(),
@@ -201,26 +230,31 @@ impl Runtime for ExecRuntime {
         let dir = self.dir(service, component);
         if let Some(pid) = self.supervisor_pid(&dir) {
             process::signal(pid, libc::SIGTERM);
-            if !wait_gone(pid, Duration::from_secs(15)).await {
+            if !wait_gone(pid, Duration::from_secs(15)).await
+                && self.supervisor_pid(&dir) == Some(pid)
+            {
                 process::signal(pid, libc::SIGKILL);
                 wait_gone(pid, Duration::from_secs(2)).await;
             }
         }
         // A supervisor killed outright leaves its process behind: end that too.
         let state = read_state(&dir);
-        if let Some(child) = state.child_pid {
-            if state.state != "exited" && process::alive(child) {
-                process::signal(child, libc::SIGTERM);
-                if !wait_gone(child, Duration::from_secs(10)).await {
-                    process::signal(child, libc::SIGKILL);
-                }
-                let exited = ExecState {
-                    state: "exited".to_string(),
-                    detail: "stopped by the agent".to_string(),
-                    ..state
-                };
-                let _ = process::write_atomic(&dir.join(STATE_FILE), &serde_json::to_vec(&exited)?);
+        let Ok(spec) = read_spec(&dir) else {
+            return Ok(());
+        };
+        if let Some(child) = child_pid(&spec, &state) {
+            process::signal(child, libc::SIGTERM);
+            if !wait_gone(child, Duration::from_secs(10)).await
+                && process::runs_command(child, &spec.command)
+            {
+                process::signal(child, libc::SIGKILL);
             }
+            let exited = ExecState {
+                state: "exited".to_string(),
+                detail: "stopped by the agent".to_string(),
+                ..state
+            };
+            let _ = process::write_atomic(&dir.join(STATE_FILE), &serde_json::to_vec(&exited)?);
         }
         Ok(())
     }
@@ -258,7 +292,7 @@ impl Runtime for ExecRuntime {
                 }
             } else if state.state.is_empty() {
                 "created".to_string()
-            } else if state.state != "exited" && state.child_pid.is_some_and(process::alive) {
+            } else if child_pid(&spec, &state).is_some() {
                 // The supervisor is gone but its process still runs.
                 "running".to_string()
             } else {
@@ -378,7 +412,10 @@ pub async fn supervise(dir: &Path) -> anyhow::Result<()> {
             let _ = process::write_atomic(&dir.join(STATE_FILE), &bytes);
         }
     };
-    let mut state = ExecState::default();
+    let mut state = ExecState {
+        v: EXEC_FORMAT,
+        ..ExecState::default()
+    };
     let mut backoff = Duration::from_millis(100);
     let program = spec.command.first().context("empty command")?;
     loop {
@@ -479,7 +516,130 @@ async fn stop_child(child: &mut tokio::process::Child) {
 
 #[cfg(test)]
 mod tests {
-    use super::tail_offset;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A process the test started; killed and reaped on drop.
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// `sleep <seconds>`, once it has exec'd (before, its cmdline is the test's).
+    fn sleep(seconds: &str) -> Child {
+        let child = Child(
+            std::process::Command::new("sleep")
+                .arg(seconds)
+                .spawn()
+                .expect("run sleep"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !process::alive_with_cmdline(child.0.id(), &["sleep"]) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child
+    }
+
+    fn instance(command: &[&str]) -> Instance {
+        Instance {
+            service: "tick".to_string(),
+            component: "loop".to_string(),
+            node: "node-a".to_string(),
+            digest: "v1:0".to_string(),
+            image: None,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            ports: Vec::new(),
+            host_ip: "127.0.0.1".parse().unwrap(),
+            volumes: Vec::new(),
+            restart: RestartPolicy::No,
+            workdir: None,
+        }
+    }
+
+    /// Points the instance's files at `pid`, as if its supervisor had died and the
+    /// PID had been given to another process since.
+    fn claim(dir: &Path, pid: u32) {
+        let state = ExecState {
+            v: EXEC_FORMAT,
+            state: "running".to_string(),
+            child_pid: Some(pid),
+            started_at: 1,
+            ..ExecState::default()
+        };
+        std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state).unwrap()).unwrap();
+        std::fs::write(dir.join(PID_FILE), pid.to_string()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_recycled_pid_is_never_signalled_nor_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let exec =
+            ExecRuntime::new(root.path().to_path_buf(), "node-a", "/nonexistent".into()).unwrap();
+        exec.create(&instance(&["/opt/tick/run", "--fast"]))
+            .await
+            .unwrap();
+        let dir = exec.dir("tick", "loop");
+        let mut unrelated = sleep("300");
+        claim(&dir, unrelated.0.id());
+
+        let listed = exec.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, "exited", "{listed:?}");
+        exec.stop("tick", "loop").await.unwrap();
+        exec.remove("tick", "loop").await.unwrap();
+        assert!(!dir.exists());
+        assert!(
+            unrelated.0.try_wait().unwrap().is_none(),
+            "the unrelated process was signalled"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_instance_process_is_still_stopped() {
+        let root = tempfile::tempdir().unwrap();
+        let exec =
+            ExecRuntime::new(root.path().to_path_buf(), "node-a", "/nonexistent".into()).unwrap();
+        exec.create(&instance(&["sleep", "301"])).await.unwrap();
+        let dir = exec.dir("tick", "loop");
+        let mut orphan = sleep("301");
+        claim(&dir, orphan.0.id());
+        assert_eq!(exec.list().await.unwrap()[0].state, "running");
+        exec.stop("tick", "loop").await.unwrap();
+        let status = orphan.0.wait().unwrap();
+        assert!(!status.success(), "ended by a signal: {status:?}");
+        assert_eq!(read_state(&dir).state, "exited");
+    }
+
+    #[test]
+    fn exec_files_of_every_version_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // As the first agents wrote them: no "v".
+        std::fs::write(
+            dir.path().join(SPEC_FILE),
+            r#"{"service":"tick","component":"loop","node":"node-a","digest":"ee0c5eda04f26fe4","command":["sleep","1000"],"env":[["MCP_SERVICE","tick"]],"restart":"unless-stopped","workdir":null}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            r#"{"state":"running","child_pid":12,"started_at":5,"exit_code":null,"restarts":0,"detail":""}"#,
+        )
+        .unwrap();
+        let spec = read_spec(dir.path()).unwrap();
+        assert_eq!((spec.v, spec.command.len()), (0, 2));
+        assert_eq!(read_state(dir.path()).child_pid, Some(12));
+        let newer = serde_json::json!({
+            "v": EXEC_FORMAT + 1, "service": "tick", "component": "loop", "node": "node-a",
+            "digest": "", "command": ["x"], "env": [], "restart": "no", "workdir": null,
+        });
+        std::fs::write(dir.path().join(SPEC_FILE), newer.to_string()).unwrap();
+        let err = format!("{:#}", read_spec(dir.path()).unwrap_err());
+        assert!(err.contains("written by a newer agent"), "{err}");
+    }
 
     #[test]
     fn tails() {

@@ -3,6 +3,8 @@
 
 pub mod docker;
 pub mod exec;
+#[cfg(any(test, feature = "fake-runtime"))]
+pub mod fake;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
