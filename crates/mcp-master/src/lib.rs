@@ -51,9 +51,7 @@ pub async fn serve(
         users = config.users.len(),
         "master starting"
     );
-    let server_transport = ServerTransport {
-        tls: Some(security.server.clone()),
-    };
+    let server_transport = ServerTransport::with_tls(security.server.clone());
     let state = Arc::new(MasterState {
         registry: registry::Registry::default(),
         transport: ClientTransport {
@@ -67,17 +65,14 @@ pub async fn serve(
     });
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
-    let incoming = server_transport.incoming(listener);
-    let mut stop = shutdown.clone();
-    server_transport
+    let router = server_transport
         .server()
         .add_service(NodesServer::new(nodes::NodeService {
             state: state.clone(),
         }))
-        .add_service(MasterServer::new(MasterService { state }))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        .add_service(MasterServer::new(MasterService { state }));
+    server_transport
+        .serve(router, listener, shutdown.clone())
         .await
         .context("serve master RPCs")?;
     let _ = health.await;
