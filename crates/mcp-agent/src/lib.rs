@@ -98,10 +98,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    let server_transport = ServerTransport {
-        tls: Some(tls.server.clone()),
-    };
-    let incoming = server_transport.incoming(listener);
+    let server_transport = ServerTransport::with_tls(tls.server.clone());
     let nudge = Arc::new(tokio::sync::Notify::new());
     let service = server::AgentService {
         node: node.clone(),
@@ -115,13 +112,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     let renew = tokio::spawn(certs::renew_loop(node.clone(), shutdown.clone()));
-    let mut stop = shutdown.clone();
-    server_transport
+    let router = server_transport
         .server()
-        .add_service(AgentServer::new(service))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        .add_service(AgentServer::new(service));
+    server_transport
+        .serve(router, listener, shutdown.clone())
         .await
         .context("serve agent RPCs")?;
     let _ = register.await;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mcp_pki::ca::write_file;
 use mcp_pki::join::JoinToken;
-use mcp_pki::tls::{ClientAuth, Identity, ServerTls};
+use mcp_pki::tls::{ClientAuth, Identity};
 use mcp_pki::MASTER_NAME;
 use mcp_proto::master::v1::{nodes_client::NodesClient, EnrollRequest};
-use mcp_proto::transport::{ClientTls, ClientTransport};
+use mcp_proto::transport::{ClientTls, ClientTransport, ServerTls};
 
 use crate::config::Config;
 
@@ -44,9 +44,9 @@ pub async fn node_tls(config: &Config, data_dir: &Path) -> anyhow::Result<NodeTl
         .with_context(|| format!("read {}", cert_path.display()))?;
     let key_pem = std::fs::read_to_string(&key_path)
         .with_context(|| format!("read {}", key_path.display()))?;
-    let ca = mcp_pki::tls::certs_from_pem(&ca_pem)?.remove(0);
-    let own = mcp_pki::tls::certs_from_pem(&cert_pem)?.remove(0);
-    if !mcp_pki::tls::cert_is_for(&own, &config.name) {
+    let ca = mcp_pki::cert::certs_from_pem(&ca_pem)?.remove(0);
+    let own = mcp_pki::cert::certs_from_pem(&cert_pem)?.remove(0);
+    if !mcp_pki::cert::cert_is_for(&own, &config.name) {
         bail!(
             "{} is not a certificate for node {}: this data dir belongs to another node",
             cert_path.display(),
@@ -95,7 +95,7 @@ async fn enroll(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("the master refused enrollment: {}", s.message()))?
         .into_inner();
-    let ca = mcp_pki::tls::certs_from_pem(&reply.ca_pem)?.remove(0);
+    let ca = mcp_pki::cert::certs_from_pem(&reply.ca_pem)?.remove(0);
     if mcp_pki::join::fingerprint(&ca) != token.ca_fingerprint {
         bail!("the master sent a CA that does not match the join token");
     }

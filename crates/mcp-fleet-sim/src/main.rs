@@ -139,7 +139,7 @@ impl Master {
             std::thread::sleep(Duration::from_millis(5));
         }
         let ca_pem = std::fs::read_to_string(dir.join("ca.pem"))?;
-        let ca = mcp_pki::tls::certs_from_pem(&ca_pem)?.remove(0);
+        let ca = mcp_pki::cert::certs_from_pem(&ca_pem)?.remove(0);
         let token =
             mcp_pki::join::JoinToken::parse(&join_token.0).map_err(|e| anyhow::anyhow!("{e}"))?;
         let tls = SimTls {

@@ -218,7 +218,7 @@ fn operators_agents_certificates_and_logs() {
     // A node's certificate used under another name; a certificate of another CA.
     let node_dir = dir.join("sec1/data");
     let ca_pem = std::fs::read_to_string(dir.join("master/ca.pem")).unwrap();
-    let ca = mcp_pki::tls::certs_from_pem(&ca_pem).unwrap().remove(0);
+    let ca = mcp_pki::cert::certs_from_pem(&ca_pem).unwrap().remove(0);
     let sec1 = Identity::from_pem(
         &std::fs::read_to_string(node_dir.join("node.pem")).unwrap(),
         &std::fs::read_to_string(node_dir.join("node-key.pem")).unwrap(),

@@ -57,9 +57,7 @@ pub async fn serve(
         users = config.users.len(),
         "master starting"
     );
-    let server_transport = ServerTransport {
-        tls: Some(security.server.clone()),
-    };
+    let server_transport = ServerTransport::with_tls(security.server.clone());
     let state = Arc::new(MasterState {
         registry: registry::Registry::default(),
         transport: ClientTransport {
@@ -88,9 +86,7 @@ pub async fn serve(
             state.reconciler.trigger();
         });
     }
-    let incoming = server_transport.incoming(listener);
-    let mut stop = shutdown.clone();
-    server_transport
+    let router = server_transport
         .server()
         .add_service(NodesServer::new(nodes::NodeService {
             state: state.clone(),
@@ -100,10 +96,9 @@ pub async fn serve(
                 state: state.clone(),
             }),
             state,
-        ))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        ));
+    server_transport
+        .serve(router, listener, shutdown.clone())
         .await
         .context("serve master RPCs")?;
     let _ = health.await;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use mcp_pki::tls::PeerInfo;
 use mcp_proto::convert::check_service_name;
 use mcp_proto::master::v1::{self as wire, nodes_server::Nodes};
 use mcp_proto::tonic::{self, Request, Response, Status};
+use mcp_proto::transport::PeerInfo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -9,10 +9,10 @@ use anyhow::Context;
 use mcp_pki::ca::{write_file, Ca};
 use mcp_pki::introspect::Introspector;
 use mcp_pki::join::JoinToken;
-use mcp_pki::tls::{ClientAuth, Identity, ServerTls};
+use mcp_pki::tls::{ClientAuth, Identity};
 use mcp_pki::token::{Claims, Role, TokenKey};
 use mcp_pki::{Secret, MASTER_NAME};
-use mcp_proto::transport::ClientTls;
+use mcp_proto::transport::{ClientTls, ServerTls};
 
 use crate::config::Config;
 

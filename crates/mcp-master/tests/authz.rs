@@ -40,7 +40,7 @@ async fn start() -> Master {
             panic!("master: {e:#}");
         }
     });
-    let ca = mcp_pki::tls::certs_from_pem(&ca_pem).unwrap().remove(0);
+    let ca = mcp_pki::cert::certs_from_pem(&ca_pem).unwrap().remove(0);
     let transport = ClientTransport {
         connect_timeout: Some(Duration::from_secs(5)),
         request_timeout: Some(Duration::from_secs(10)),

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -12,39 +12,14 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 
+use crate::error::io;
+use crate::error::PkiError;
 use crate::Secret;
 
 /// CA certificate file in the master's data dir.
 pub const CA_CERT: &str = "ca.pem";
 /// CA key file in the master's data dir (mode 0600).
 pub const CA_KEY: &str = "ca-key.pem";
-
-/// What can go wrong with the CA.
-#[derive(Debug, thiserror::Error)]
-pub enum PkiError {
-    #[error("{dir} holds no fleet CA: run `mcp-master init --data-dir {dir}` first")]
-    NotInitialised { dir: String },
-    #[error("{dir} already holds a fleet CA; `mcp-master join-token --data-dir {dir}` prints the join token")]
-    AlreadyInitialised { dir: String },
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("certificate: {0}")]
-    Cert(#[from] rcgen::Error),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PkiError + 'a {
-    move |source| PkiError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Writes a file with the given mode, replacing it atomically.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
@@ -136,12 +111,8 @@ impl Ca {
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
         let key_pem = std::fs::read_to_string(&key_path).map_err(io("read", &key_path))?;
         let key = KeyPair::from_pem(&key_pem)?;
-        let cert_der = crate::tls::certs_from_pem(&cert_pem)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                PkiError::Invalid(format!("{} holds no certificate", cert_path.display()))
-            })?;
+        let cert_der = crate::cert::cert_from_pem(&cert_pem)
+            .map_err(|e| PkiError::Invalid(format!("{}: {e}", cert_path.display())))?;
         // The issuer is rebuilt from the same parameters the CA was made with, so
         // issued certificates name it exactly as its own certificate does.
         let issuer = Issuer::new(ca_params(), key);
@@ -172,7 +143,10 @@ impl Ca {
         params.distinguished_name = dn;
         let now = SystemTime::now();
         let not_after = now + validity;
-        params.not_before = offset(now - Duration::from_secs(300));
+        // Backdated for clock skew between nodes, but by no more than a tenth of
+        // the lifetime, so that two thirds of a short lifetime (tests) still come
+        // before its end.
+        params.not_before = offset(now - (validity / 10).min(Duration::from_secs(300)));
         params.not_after = offset(not_after);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -191,10 +165,32 @@ impl Ca {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::cert::{cert_from_pem, cert_is_for, chains_to, validity};
     use std::os::unix::fs::PermissionsExt;
+
+    /// A certificate for `orion` from a throwaway CA.
+    pub(crate) fn issue_one(life: Duration) -> CertificateDer<'static> {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create(dir.path()).unwrap();
+        let issued = ca.issue(&["orion".to_string()], life).unwrap();
+        cert_from_pem(&issued.cert_pem).unwrap()
+    }
+
+    #[test]
+    fn validity_is_read_back() {
+        let before = SystemTime::now();
+        let der = issue_one(Duration::from_secs(600));
+        let (not_before, not_after) = validity(&der).unwrap();
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert!(secs(not_before) <= secs(before) - 59 && secs(not_before) >= secs(before) - 61);
+        assert!(secs(not_after) >= secs(before) + 599 && secs(not_after) <= secs(before) + 601);
+        let long = issue_one(Duration::from_secs(90 * 86400));
+        let (not_before, not_after) = validity(&long).unwrap();
+        assert_eq!(secs(not_after) - secs(not_before), 90 * 86400 + 300);
+    }
 
     #[test]
     fn create_load_issue() {
@@ -214,15 +210,13 @@ mod tests {
         let issued = again
             .issue(&["orion".to_string()], Duration::from_secs(3600))
             .unwrap();
-        let der = crate::tls::certs_from_pem(&issued.cert_pem)
-            .unwrap()
-            .remove(0);
-        assert!(crate::tls::cert_is_for(&der, "orion"));
-        assert!(!crate::tls::cert_is_for(&der, "rift"));
-        assert!(crate::tls::chains_to(&der, ca.cert_der()));
+        let der = cert_from_pem(&issued.cert_pem).unwrap();
+        assert!(cert_is_for(&der, "orion"));
+        assert!(!cert_is_for(&der, "rift"));
+        assert!(chains_to(&der, ca.cert_der()));
         let other = tempfile::tempdir().unwrap();
         let foreign = Ca::create(other.path()).unwrap();
-        assert!(!crate::tls::chains_to(&der, foreign.cert_der()));
+        assert!(!chains_to(&der, foreign.cert_der()));
         let missing = tempfile::tempdir().unwrap();
         let err = Ca::load(missing.path()).unwrap_err().to_string();
         assert!(err.contains("mcp-master init --data-dir"), "{err}");

@@ -1,9 +1,15 @@
 //! MCP's security: the fleet CA and the certificates it issues (nodes, the master,
 //! services), join tokens, operator tokens and password hashes, a secret type that
 //! never prints, and the rustls configurations the transport uses. One crypto
-//! backend: ring.
+//! backend: ring. No sockets of its own but the introspection client's: listening
+//! and dialling are `mcp_proto::transport`'s.
+//!
+//! Module layering, with no cycles: `error` ← `cert` ← (`ca`, `tls`); `tls` also
+//! uses `join` for the CA fingerprint.
 
 pub mod ca;
+pub mod cert;
+pub mod error;
 pub mod introspect;
 pub mod join;
 pub mod password;
@@ -11,6 +17,7 @@ pub mod secret;
 pub mod tls;
 pub mod token;
 
+pub use error::PkiError;
 pub use rustls;
 pub use secret::Secret;
 

@@ -1,103 +1,124 @@
-//! TLS for every MCP connection: TLS 1.3 only, ring only. The server side accepts
-//! connections and records the peer's certificate for the RPC handlers; the client
-//! side is a connector tonic dials through. Enrollment uses a verifier that trusts
-//! a CA only when its SHA-256 matches the join token.
+//! rustls configurations for every MCP connection: TLS 1.3 only, ring only. A
+//! certificate and its key are an [`Identity`], a cell that configurations read at
+//! each handshake, so a renewed certificate is presented from the next handshake on
+//! without rebuilding anything. Enrollment uses a verifier that trusts a CA only when
+//! its SHA-256 matches the join token. Listening and dialling live in
+//! `mcp_proto::transport`.
 
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::ca::PkiError;
+use crate::cert::{certs_from_pem, key_from_pem, provider};
+use crate::error::PkiError;
 
-pub use futures_util::Stream;
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Every certificate in a PEM text.
-pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PkiError::Invalid(format!("bad certificate PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(PkiError::Invalid(
-            "no certificate in the PEM text".to_string(),
-        ));
-    }
-    Ok(certs)
-}
-
-/// The private key in a PEM text.
-pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| PkiError::Invalid(format!("bad private key PEM: {e}")))
-}
-
-/// Is this certificate valid for the DNS name `name` (its SAN)?
-pub fn cert_is_for(der: &CertificateDer<'_>, name: &str) -> bool {
-    let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
-        return false;
-    };
-    let Ok(server_name) = ServerName::try_from(name.to_string()) else {
-        return false;
-    };
-    cert.verify_is_valid_for_subject_name(&server_name).is_ok()
-}
-
-/// Does this certificate chain to `ca` (signature and validity now)?
-pub fn chains_to(der: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
-    let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
-        return false;
-    };
-    let Ok(anchor) = webpki::anchor_from_trusted_cert(ca) else {
-        return false;
-    };
-    let provider = provider();
-    cert.verify_for_usage(
-        provider.signature_verification_algorithms.all,
-        &[anchor],
-        &[],
-        UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .is_ok()
-}
-
-/// A certificate chain and its key, for one side of a connection.
-#[derive(Clone, Debug)]
+/// A certificate chain and its key, for one side of a connection, in a cell that can
+/// be swapped while connections are served.
+///
+/// Clones share the cell: [`Identity::replace`] through any clone changes what every
+/// configuration built from any of them presents at its next handshake. Open
+/// connections keep the certificate they were made with.
+#[derive(Clone)]
 pub struct Identity {
-    pub chain: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    cell: Arc<RwLock<Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain", &self.chain().len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+    extra_chain: &[CertificateDer<'static>],
+) -> Result<Arc<CertifiedKey>, PkiError> {
+    let mut chain = certs_from_pem(cert_pem)?;
+    chain.extend(extra_chain.iter().cloned());
+    let key = provider()
+        .key_provider
+        .load_private_key(key_from_pem(key_pem)?)
+        .map_err(|e| PkiError::Invalid(format!("private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, key);
+    certified.keys_match().map_err(|e| {
+        PkiError::Invalid(format!("the key does not belong to the certificate: {e}"))
+    })?;
+    Ok(Arc::new(certified))
 }
 
 impl Identity {
     /// From PEM texts; `extra_chain` (e.g. the CA) is sent after the certificate.
+    /// Refuses a key that is not the certificate's.
     pub fn from_pem(
         cert_pem: &str,
         key_pem: &str,
         extra_chain: &[CertificateDer<'static>],
     ) -> Result<Identity, PkiError> {
-        let mut chain = certs_from_pem(cert_pem)?;
-        chain.extend(extra_chain.iter().cloned());
         Ok(Identity {
-            chain,
-            key: Arc::new(key_from_pem(key_pem)?),
+            cell: Arc::new(RwLock::new(certified_key(cert_pem, key_pem, extra_chain)?)),
         })
+    }
+
+    /// Presents this certificate from the next handshake on. The cell keeps the old
+    /// one if the new pair does not parse or match.
+    pub fn replace(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        extra_chain: &[CertificateDer<'static>],
+    ) -> Result<(), PkiError> {
+        let next = certified_key(cert_pem, key_pem, extra_chain)?;
+        *self.cell.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    /// What the next handshake presents.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.cell.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The chain presented, leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current().cert.clone()
+    }
+
+    /// The leaf certificate presented.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current().cert.first().cloned()
+    }
+}
+
+/// Reads the cell at each handshake, on either side.
+#[derive(Debug)]
+struct Resolver(Identity);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
+
+impl ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -121,7 +142,7 @@ pub enum ClientAuth {
 
 const ALPN_H2: &[u8] = b"h2";
 
-/// A TLS 1.3 server configuration.
+/// A TLS 1.3 server configuration presenting `identity` (read at each handshake).
 pub fn server_config(identity: &Identity, auth: ClientAuth) -> Result<Arc<ServerConfig>, PkiError> {
     let (ca, optional) = match &auth {
         ClientAuth::Optional(ca) => (ca, true),
@@ -138,13 +159,13 @@ pub fn server_config(identity: &Identity, auth: ClientAuth) -> Result<Arc<Server
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| PkiError::Invalid(format!("TLS versions: {e}")))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| PkiError::Invalid(format!("server certificate: {e}")))?;
+        .with_cert_resolver(Arc::new(Resolver(identity.clone())));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
 
-/// A TLS 1.3 client configuration trusting `ca`, presenting `identity` if given.
+/// A TLS 1.3 client configuration trusting `ca`, presenting `identity` if given
+/// (read at each handshake).
 pub fn client_config(
     ca: &CertificateDer<'static>,
     identity: Option<&Identity>,
@@ -154,9 +175,13 @@ pub fn client_config(
         .map_err(|e| PkiError::Invalid(format!("TLS versions: {e}")))?
         .with_root_certificates(roots(ca)?);
     let mut config = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-            .map_err(|e| PkiError::Invalid(format!("client certificate: {e}")))?,
+        Some(id) => {
+            let mut config = builder.with_client_cert_resolver(Arc::new(Resolver(id.clone())));
+            // A resumed session skips the client certificate, and the server would
+            // go on seeing the one from before a renewal: full handshakes only.
+            config.resumption = rustls::client::Resumption::disabled();
+            config
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -252,202 +277,4 @@ pub fn enrollment_config(fingerprint: [u8; 32]) -> Result<Arc<ClientConfig>, Pki
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
-}
-
-/// What an RPC handler knows of its peer.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    pub remote: Option<SocketAddr>,
-    /// The client's certificate chain, when it presented one.
-    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-}
-
-impl PeerInfo {
-    /// Is the client's certificate for `name`?
-    pub fn is(&self, name: &str) -> bool {
-        self.certs
-            .as_ref()
-            .and_then(|c| c.first())
-            .is_some_and(|c| cert_is_for(c, name))
-    }
-
-    pub fn has_cert(&self) -> bool {
-        self.certs.as_ref().is_some_and(|c| !c.is_empty())
-    }
-}
-
-/// An accepted server connection, plain or TLS.
-pub enum ServerConn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl tonic::transport::server::Connected for ServerConn {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        match self {
-            ServerConn::Plain(s) => PeerInfo {
-                remote: s.peer_addr().ok(),
-                certs: None,
-            },
-            ServerConn::Tls(s) => {
-                let (tcp, session) = s.get_ref();
-                PeerInfo {
-                    remote: tcp.peer_addr().ok(),
-                    certs: session
-                        .peer_certificates()
-                        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for ServerConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerConn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerConn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerConn::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerConn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// How a server admits connections.
-#[derive(Clone)]
-pub struct ServerTls {
-    pub config: Arc<ServerConfig>,
-    /// Drop connections whose client certificate is not for this name (an agent
-    /// admits only the master).
-    pub require_name: Option<String>,
-}
-
-/// Accepted connections: TLS handshakes run concurrently, bounded by a timeout,
-/// so a slow or hostile client never holds up the others.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Option<ServerTls>,
-) -> impl futures_util::Stream<Item = Result<ServerConn, io::Error>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<ServerConn, io::Error>>(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let Some(tls) = tls.clone() else {
-                if tx.send(Ok(ServerConn::Plain(tcp))).await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        if let Some(name) = &tls.require_name {
-                            let ok = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .is_some_and(|c| cert_is_for(c, name));
-                            if !ok {
-                                tracing::warn!(%peer, "refused a connection: its certificate is not {name}'s");
-                                return;
-                            }
-                        }
-                        let _ = tx.send(Ok(ServerConn::Tls(Box::new(stream)))).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake refused: {e}"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// A tonic connector: TCP to the URI's authority, then TLS verifying `server_name`.
-#[derive(Clone)]
-pub struct Connector {
-    pub config: Arc<ClientConfig>,
-    pub server_name: String,
-}
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = io::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let config = self.config.clone();
-        let name = self.server_name.clone();
-        Box::pin(async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.to_string())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host:port"))?;
-            let tcp = TcpStream::connect(&authority).await?;
-            let _ = tcp.set_nodelay(true);
-            let server_name = ServerName::try_from(name.clone()).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("server name {name:?}: {e}"),
-                )
-            })?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
-    }
 }

@@ -1,12 +1,34 @@
 //! The one way MCP processes dial and listen for gRPC. Every connection goes through
 //! here so that TLS (and mutual TLS for agents) is a property of the transport, set in
 //! one place, rather than something each caller remembers.
+//!
+//! Listening: `ServerTransport::serve` runs a tonic router on a TCP listener (TLS
+//! handshakes bounded in number and time, `accept`), `serve_unix` on a Unix socket
+//! (`unix`). Both stop the same way when `shutdown` turns true: stop accepting and
+//! release the port or socket file at once, let open RPCs finish for
+//! `ServerTransport::grace`, then close every connection that remains (`conns`), so
+//! that long-lived streams never hold a process past SIGTERM. Handlers find the
+//! peer in the request's extensions: `PeerInfo` (TCP: address, client certificate)
+//! or `UnixPeer` (uid, gid, pid).
+//!
+//! Dialling: `ClientTransport` (TCP, TLS verifying the server's name, `dial`), or
+//! `unix::connect` and `unix::lazy` for a socket path.
+
+mod accept;
+mod conns;
+mod dial;
+pub mod unix;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_pki::tls::{Connector, ServerConn, ServerTls};
+use tokio::sync::watch;
+use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint};
+
+pub use accept::{AcceptLimits, PeerInfo, ServerConn, ServerTls};
+pub use dial::{Connector, UnixConnector};
+pub use unix::{UnixBindError, UnixConn, UnixPeer, UnixSocket};
 
 /// TLS for a client: whom to trust and what name the server must have.
 #[derive(Clone)]
@@ -143,26 +165,132 @@ pub enum ConnectError {
 }
 
 /// How a server listens.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ServerTransport {
-    /// None only in tests of the transport itself: every MCP process sets it.
+    /// None only for plain TCP in tests of the transport itself: every MCP process
+    /// sets it. Unix sockets never use it.
     pub tls: Option<ServerTls>,
+    /// Bounds on TLS handshakes in progress.
+    pub limits: AcceptLimits,
+    /// How long open RPCs may run on after shutdown before their connections are
+    /// closed.
+    pub grace: Duration,
+}
+
+impl Default for ServerTransport {
+    fn default() -> Self {
+        ServerTransport {
+            tls: None,
+            limits: AcceptLimits::default(),
+            grace: Duration::from_secs(2),
+        }
+    }
 }
 
 impl ServerTransport {
-    /// A server builder with MCP's settings.
+    /// TLS with the default limits and grace.
+    pub fn with_tls(tls: ServerTls) -> ServerTransport {
+        ServerTransport {
+            tls: Some(tls),
+            ..ServerTransport::default()
+        }
+    }
+
+    /// A server builder with MCP's settings; add services, then `serve`.
     pub fn server(&self) -> tonic::transport::Server {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
     }
 
-    /// Accepted connections (TLS handshakes done), for `serve_with_incoming`.
-    pub fn incoming(
+    /// Serves `router` on `listener` until `shutdown` turns true (or its sender is
+    /// dropped), then stops as the module documentation says.
+    pub async fn serve(
         &self,
+        router: Router,
         listener: tokio::net::TcpListener,
-    ) -> impl mcp_pki::tls::Stream<Item = Result<ServerConn, std::io::Error>> + Send + 'static {
-        mcp_pki::tls::incoming(listener, self.tls.clone())
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), tonic::transport::Error> {
+        let conns = conns::Conns::default();
+        let incoming = accept::incoming(
+            listener,
+            self.tls.clone(),
+            self.limits,
+            conns.clone(),
+            shutdown.clone(),
+        );
+        serve_incoming(router, incoming, conns, shutdown, self.grace).await
+    }
+
+    /// Serves `router` on the Unix socket `socket` (see `UnixSocket::bind`) until
+    /// `shutdown`; the socket file is removed when it stops.
+    pub async fn serve_unix(
+        &self,
+        router: Router,
+        socket: UnixSocket,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), tonic::transport::Error> {
+        let conns = conns::Conns::default();
+        let incoming = unix::incoming(socket, conns.clone(), shutdown.clone());
+        serve_incoming(router, incoming, conns, shutdown, self.grace).await
+    }
+}
+
+/// Resolves when `shutdown` turns true or its sender is gone.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// The receiving end of an accept loop, as a stream.
+pub(crate) fn stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn serve_incoming<S, IO>(
+    router: Router,
+    incoming: S,
+    conns: conns::Conns,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error>
+where
+    S: futures_util::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let mut signal = shutdown.clone();
+    let serve = router.serve_with_incoming_shutdown(incoming, async move {
+        stopped(&mut signal).await;
+    });
+    tokio::pin!(serve);
+    let mut stop = shutdown;
+    tokio::select! {
+        result = &mut serve => return result,
+        _ = stopped(&mut stop) => {}
+    }
+    // Stopped accepting; tonic asks open connections to finish (HTTP/2 GOAWAY).
+    if let Ok(result) = tokio::time::timeout(grace, &mut serve).await {
+        return result;
+    }
+    let open = conns.close_all();
+    tracing::info!(
+        open,
+        ?grace,
+        "shutdown: grace over, closed the open connections"
+    );
+    match tokio::time::timeout(Duration::from_secs(1), serve).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("shutdown: the server did not stop 1s after its connections were closed; leaving it");
+            Ok(())
+        }
     }
 }
 
@@ -207,3 +335,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "transport/tests.rs"]
+mod transport_tests;

@@ -58,7 +58,7 @@ pub async fn channel(ctx: &Ctx) -> Result<Channel, CliError> {
     })?;
     let ca_pem = std::fs::read_to_string(&ca_path)
         .map_err(|e| CliError::usage(format!("read ca_cert {}: {e}", ca_path.display())))?;
-    let ca = mcp_pki::tls::certs_from_pem(&ca_pem)
+    let ca = mcp_pki::cert::certs_from_pem(&ca_pem)
         .map_err(|e| CliError::usage(format!("ca_cert {}: {e}", ca_path.display())))?
         .remove(0);
     let config =
