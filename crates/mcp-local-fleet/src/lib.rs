@@ -4,6 +4,7 @@
 //! exactly what an operator runs.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -96,6 +97,11 @@ pub struct FleetSpec {
     /// Log in as admin once the master is up (off when an identity service issues
     /// the tokens).
     pub login: bool,
+    /// When the `Fleet` is dropped, also remove the instances (containers, exec
+    /// processes) its agents ran, so a test leaves nothing behind even when it
+    /// fails. On by default; `mcp dev` turns it off, as its services outlive it by
+    /// design.
+    pub remove_on_drop: bool,
 }
 
 impl FleetSpec {
@@ -117,6 +123,7 @@ impl FleetSpec {
             bootstrap: false,
             master_extra: String::new(),
             login: true,
+            remove_on_drop: true,
         }
     }
 
@@ -553,6 +560,134 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop();
+        if self.spec.remove_on_drop {
+            for problem in remove_instances(&self.spec) {
+                eprintln!("mcp-local-fleet: {problem}");
+            }
+        }
+    }
+}
+
+/// Removes every instance the agents of `spec` ran: the containers labelled with one
+/// of its nodes and a service its agents knew (from each `agent.db`, and each
+/// `srv_root/<service>` directory), and every exec instance whose supervisor runs
+/// from a directory under `spec.dir` (with its process group). Call it once the
+/// agents are stopped. Returns what could not be done.
+pub fn remove_instances(spec: &FleetSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    kill_exec_instances(&spec.dir, &mut problems);
+    if spec.runtime != "exec" {
+        for node in &spec.nodes {
+            let services = known_services(spec, &node.name);
+            if services.is_empty() {
+                continue;
+            }
+            if let Err(e) = remove_containers(spec, &node.name, &services) {
+                problems.push(format!(
+                    "remove the containers of node {}: {e:#}",
+                    node.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The services a node's agent knew: the rows of its `agent.db` and the directories
+/// of its `srv_root`.
+fn known_services(spec: &FleetSpec, node: &str) -> std::collections::BTreeSet<String> {
+    let mut services = std::collections::BTreeSet::new();
+    let db = spec.dir.join(node).join("data/agent.db");
+    if db.is_file() {
+        let rows = rusqlite::Connection::open(&db).and_then(|conn| {
+            let mut statement = conn.prepare("SELECT name FROM services")?;
+            let names = statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
+        });
+        services.extend(rows.unwrap_or_default());
+    }
+    if let Ok(entries) = std::fs::read_dir(spec.dir.join("srv").join(node)) {
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                services.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    services
+}
+
+/// `docker rm -f` of the containers labelled `mcp.node=<node>` whose `mcp.service`
+/// is one of `services`, on the engine behind the fleet's runtime socket.
+fn remove_containers(
+    spec: &FleetSpec,
+    node: &str,
+    services: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let docker = || {
+        let mut command = Command::new("docker");
+        if let Some(socket) = &spec.runtime_socket {
+            command.env("DOCKER_HOST", format!("unix://{}", socket.display()));
+        }
+        command.stdin(Stdio::null());
+        command
+    };
+    let out = docker()
+        .args(["ps", "-a", "--no-trunc", "--format"])
+        .arg("{{.ID}} {{.Label \"mcp.service\"}}")
+        .arg("--filter")
+        .arg(format!("label=mcp.node={node}"))
+        .output()
+        .context("run docker ps")?;
+    if !out.status.success() {
+        bail!("docker ps: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(_, service)| services.contains(*service))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let out = docker()
+        .args(["rm", "-f", "-v"])
+        .args(&ids)
+        .output()
+        .context("run docker rm")?;
+    if !out.status.success() {
+        bail!("docker rm: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// SIGKILLs the process group of every `mcp-agent supervise DIR` with DIR under
+/// `root`: the supervisor and the instance it runs (which stays in its group).
+fn kill_exec_instances(root: &Path, problems: &mut Vec<String>) {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        problems.push("read /proc to find exec instances".to_string());
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.windows(2).any(|pair| {
+            pair[0] == b"supervise"
+                && Path::new(std::ffi::OsStr::from_bytes(pair[1])).starts_with(&root)
+        });
+        if ours {
+            // The supervisor leads its own process group (the agent starts it so).
+            send_signal_group(pid, libc::SIGKILL);
+            send_signal(pid, libc::SIGKILL);
+        }
     }
 }
 
@@ -606,6 +741,20 @@ pub fn send_signal(pid: u32, signal: i32) {
             // only that one process is signalled.
             unsafe {
                 libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// Sends a signal to the process group led by `pgid`, a process this fleet started.
+#[allow(unsafe_code)]
+fn send_signal_group(pgid: u32, signal: i32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        if pgid > 1 {
+            // SAFETY: kill(2) has no memory-safety preconditions; -pgid names one
+            // process group, never every process (pgid > 1).
+            unsafe {
+                libc::kill(-pgid, signal);
             }
         }
     }
