@@ -189,10 +189,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Writes the configs.
     /// Initialises the fleet's security once per DIR: the master's CA (`mcp-master
-    /// init`) and the operators' password. Returns (join token, password).
-    pub fn init(spec: &FleetSpec, bin: &Binaries) -> anyhow::Result<(String, String)> {
+    /// init`) and each operator's own random password, in `DIR/<user>-password`
+    /// (kept across runs). Returns (join token, user -> password).
+    pub fn init(
+        spec: &FleetSpec,
+        bin: &Binaries,
+    ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let dir = &spec.dir;
         for sub in ["master", "logs", "pids", "srv"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -217,47 +220,31 @@ impl Fleet {
             );
         }
         let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let password_file = dir.join("admin-password");
-        let password = match std::fs::read_to_string(&password_file) {
-            Ok(p) => p.trim().to_string(),
-            Err(_) => {
-                let mut bytes = [0u8; 16];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                    .context("read /dev/urandom")?;
-                let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                write_private(&password_file, password.as_bytes())?;
-                password
-            }
-        };
-        Ok((token, password))
+        let mut passwords = BTreeMap::new();
+        for (user, _) in USERS {
+            let file = password_file(dir, user);
+            let password = match std::fs::read_to_string(&file) {
+                Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+                _ => {
+                    let password = random_password()?;
+                    write_private(&file, password.as_bytes())?;
+                    password
+                }
+            };
+            passwords.insert(user.to_string(), password);
+        }
+        Ok((token, passwords))
     }
 
     /// Writes every config file.
+    /// `passwords` maps each of `USERS` to its password; each gets its own hash.
     pub fn write_configs(
         spec: &FleetSpec,
         bin: &Binaries,
         join_token: &str,
-        password: &str,
+        passwords: &BTreeMap<String, String>,
     ) -> anyhow::Result<()> {
         let dir = &spec.dir;
-        let hash = {
-            use std::io::Write;
-            let mut child = Command::new(bin.path("mcp-master"))
-                .arg("hash-password")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("run mcp-master hash-password")?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(password.as_bytes())?;
-            }
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!("mcp-master hash-password failed");
-            }
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
         let master = format!(
             "node = {}\nlisten = {}\ndata_dir = {}\ndomain = {}\nallowed_domains = [{}]\nheartbeat_interval = {}\nmissed_heartbeats = {}\nprobe_timeout = {}\n",
             quote(&spec.master_node),
@@ -288,7 +275,11 @@ impl Fleet {
         if !master.ends_with('\n') {
             master.push('\n');
         }
-        for (user, role) in [("admin", "admin"), ("viewer", "viewer")] {
+        for (user, role) in USERS {
+            let password = passwords
+                .get(user)
+                .with_context(|| format!("no password for user {user}"))?;
+            let hash = hash_password(bin, password)?;
             master.push_str(&format!(
                 "[users.{user}]\npassword_hash = {}\nrole = {}\n",
                 quote(&hash),
@@ -341,10 +332,17 @@ impl Fleet {
         Ok(())
     }
 
-    /// `mcp login` as `user` with the fleet's password, writing DIR/token.
+    /// `mcp login` as `user` with that user's password, writing DIR/token.
     pub fn login(&self, user: &str) -> anyhow::Result<()> {
+        let file = password_file(&self.spec.dir, user);
+        let password =
+            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+        self.login_with(user, password.trim())
+    }
+
+    /// `mcp login` as `user` with `password`, writing DIR/token.
+    pub fn login_with(&self, user: &str, password: &str) -> anyhow::Result<()> {
         use std::io::Write;
-        let password = std::fs::read_to_string(self.spec.dir.join("admin-password"))?;
         let mut child = Command::new(self.bin.path("mcp"))
             .arg("--config")
             .arg(self.spec.dir.join("mcp.toml"))
@@ -355,7 +353,7 @@ impl Fleet {
             .spawn()
             .context("run mcp login")?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(password.trim().as_bytes())?;
+            stdin.write_all(password.as_bytes())?;
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
@@ -371,8 +369,8 @@ impl Fleet {
     /// node has registered.
     pub fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
         let bin = Binaries::find()?;
-        let (token, password) = Fleet::init(&spec, &bin)?;
-        Fleet::write_configs(&spec, &bin, &token, &password)?;
+        let (token, passwords) = Fleet::init(&spec, &bin)?;
+        Fleet::write_configs(&spec, &bin, &token, &passwords)?;
         let mut fleet = Fleet {
             spec,
             bin,
@@ -715,6 +713,50 @@ fn wait_listening(proc: &mut Proc, address: &str, log: impl Fn() -> String) -> a
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The operators of a local fleet and their roles; each has its own password.
+pub const USERS: [(&str, &str); 2] = [("admin", "admin"), ("viewer", "viewer")];
+
+/// Where `user`'s password is kept: `DIR/<user>-password`.
+pub fn password_file(dir: &Path, user: &str) -> PathBuf {
+    dir.join(format!("{user}-password"))
+}
+
+/// 128 random bits as 32 hex digits.
+fn random_password() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `mcp-master hash-password`: an argon2 hash of `password` with a fresh salt.
+fn hash_password(bin: &Binaries, password: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin.path("mcp-master"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run mcp-master hash-password")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(password.as_bytes())
+            .context("write the password to mcp-master hash-password")?;
+    }
+    let out = child
+        .wait_with_output()
+        .context("wait for mcp-master hash-password")?;
+    if !out.status.success() {
+        bail!(
+            "mcp-master hash-password failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Writes a file only its owner can read (it holds a secret).

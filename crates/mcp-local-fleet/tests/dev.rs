@@ -92,9 +92,16 @@ fn mcp_dev_runs_the_seed_fleet() {
         "logs/rift.log",
         "pids/master.pid",
         "pids/svc.pid",
+        "admin-password",
+        "viewer-password",
     ] {
         assert!(dir.join(path).is_file(), "{path} missing");
     }
+    assert_ne!(
+        std::fs::read(dir.join("admin-password")).unwrap(),
+        std::fs::read(dir.join("viewer-password")).unwrap(),
+        "admin and viewer share a password"
+    );
     let hyperborea = std::fs::read_to_string(dir.join("hyperborea/agent.toml")).unwrap();
     assert!(
         hyperborea.contains("arch = \"arm64\"")
