@@ -4,6 +4,7 @@
 //! exactly what an operator runs.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -96,6 +97,11 @@ pub struct FleetSpec {
     /// Log in as admin once the master is up (off when an identity service issues
     /// the tokens).
     pub login: bool,
+    /// When the `Fleet` is dropped, also remove the instances (containers, exec
+    /// processes) its agents ran, so a test leaves nothing behind even when it
+    /// fails. On by default; `mcp dev` turns it off, as its services outlive it by
+    /// design.
+    pub remove_on_drop: bool,
 }
 
 impl FleetSpec {
@@ -117,6 +123,7 @@ impl FleetSpec {
             bootstrap: false,
             master_extra: String::new(),
             login: true,
+            remove_on_drop: true,
         }
     }
 
@@ -182,10 +189,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Writes the configs.
     /// Initialises the fleet's security once per DIR: the master's CA (`mcp-master
-    /// init`) and the operators' password. Returns (join token, password).
-    pub fn init(spec: &FleetSpec, bin: &Binaries) -> anyhow::Result<(String, String)> {
+    /// init`) and each operator's own random password, in `DIR/<user>-password`
+    /// (kept across runs). Returns (join token, user -> password).
+    pub fn init(
+        spec: &FleetSpec,
+        bin: &Binaries,
+    ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let dir = &spec.dir;
         for sub in ["master", "logs", "pids", "srv"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -210,47 +220,31 @@ impl Fleet {
             );
         }
         let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let password_file = dir.join("admin-password");
-        let password = match std::fs::read_to_string(&password_file) {
-            Ok(p) => p.trim().to_string(),
-            Err(_) => {
-                let mut bytes = [0u8; 16];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                    .context("read /dev/urandom")?;
-                let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                write_private(&password_file, password.as_bytes())?;
-                password
-            }
-        };
-        Ok((token, password))
+        let mut passwords = BTreeMap::new();
+        for (user, _) in USERS {
+            let file = password_file(dir, user);
+            let password = match std::fs::read_to_string(&file) {
+                Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+                _ => {
+                    let password = random_password()?;
+                    write_private(&file, password.as_bytes())?;
+                    password
+                }
+            };
+            passwords.insert(user.to_string(), password);
+        }
+        Ok((token, passwords))
     }
 
     /// Writes every config file.
+    /// `passwords` maps each of `USERS` to its password; each gets its own hash.
     pub fn write_configs(
         spec: &FleetSpec,
         bin: &Binaries,
         join_token: &str,
-        password: &str,
+        passwords: &BTreeMap<String, String>,
     ) -> anyhow::Result<()> {
         let dir = &spec.dir;
-        let hash = {
-            use std::io::Write;
-            let mut child = Command::new(bin.path("mcp-master"))
-                .arg("hash-password")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("run mcp-master hash-password")?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(password.as_bytes())?;
-            }
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!("mcp-master hash-password failed");
-            }
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
         let master = format!(
             "node = {}\nlisten = {}\ndata_dir = {}\ndomain = {}\nallowed_domains = [{}]\nheartbeat_interval = {}\nmissed_heartbeats = {}\nprobe_timeout = {}\n",
             quote(&spec.master_node),
@@ -281,7 +275,11 @@ impl Fleet {
         if !master.ends_with('\n') {
             master.push('\n');
         }
-        for (user, role) in [("admin", "admin"), ("viewer", "viewer")] {
+        for (user, role) in USERS {
+            let password = passwords
+                .get(user)
+                .with_context(|| format!("no password for user {user}"))?;
+            let hash = hash_password(bin, password)?;
             master.push_str(&format!(
                 "[users.{user}]\npassword_hash = {}\nrole = {}\n",
                 quote(&hash),
@@ -334,10 +332,17 @@ impl Fleet {
         Ok(())
     }
 
-    /// `mcp login` as `user` with the fleet's password, writing DIR/token.
+    /// `mcp login` as `user` with that user's password, writing DIR/token.
     pub fn login(&self, user: &str) -> anyhow::Result<()> {
+        let file = password_file(&self.spec.dir, user);
+        let password =
+            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+        self.login_with(user, password.trim())
+    }
+
+    /// `mcp login` as `user` with `password`, writing DIR/token.
+    pub fn login_with(&self, user: &str, password: &str) -> anyhow::Result<()> {
         use std::io::Write;
-        let password = std::fs::read_to_string(self.spec.dir.join("admin-password"))?;
         let mut child = Command::new(self.bin.path("mcp"))
             .arg("--config")
             .arg(self.spec.dir.join("mcp.toml"))
@@ -348,7 +353,7 @@ impl Fleet {
             .spawn()
             .context("run mcp login")?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(password.trim().as_bytes())?;
+            stdin.write_all(password.as_bytes())?;
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
@@ -364,8 +369,8 @@ impl Fleet {
     /// node has registered.
     pub fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
         let bin = Binaries::find()?;
-        let (token, password) = Fleet::init(&spec, &bin)?;
-        Fleet::write_configs(&spec, &bin, &token, &password)?;
+        let (token, passwords) = Fleet::init(&spec, &bin)?;
+        Fleet::write_configs(&spec, &bin, &token, &passwords)?;
         let mut fleet = Fleet {
             spec,
             bin,
@@ -553,6 +558,134 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop();
+        if self.spec.remove_on_drop {
+            for problem in remove_instances(&self.spec) {
+                eprintln!("mcp-local-fleet: {problem}");
+            }
+        }
+    }
+}
+
+/// Removes every instance the agents of `spec` ran: the containers labelled with one
+/// of its nodes and a service its agents knew (from each `agent.db`, and each
+/// `srv_root/<service>` directory), and every exec instance whose supervisor runs
+/// from a directory under `spec.dir` (with its process group). Call it once the
+/// agents are stopped. Returns what could not be done.
+pub fn remove_instances(spec: &FleetSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    kill_exec_instances(&spec.dir, &mut problems);
+    if spec.runtime != "exec" {
+        for node in &spec.nodes {
+            let services = known_services(spec, &node.name);
+            if services.is_empty() {
+                continue;
+            }
+            if let Err(e) = remove_containers(spec, &node.name, &services) {
+                problems.push(format!(
+                    "remove the containers of node {}: {e:#}",
+                    node.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The services a node's agent knew: the rows of its `agent.db` and the directories
+/// of its `srv_root`.
+fn known_services(spec: &FleetSpec, node: &str) -> std::collections::BTreeSet<String> {
+    let mut services = std::collections::BTreeSet::new();
+    let db = spec.dir.join(node).join("data/agent.db");
+    if db.is_file() {
+        let rows = rusqlite::Connection::open(&db).and_then(|conn| {
+            let mut statement = conn.prepare("SELECT name FROM services")?;
+            let names = statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
+        });
+        services.extend(rows.unwrap_or_default());
+    }
+    if let Ok(entries) = std::fs::read_dir(spec.dir.join("srv").join(node)) {
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                services.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    services
+}
+
+/// `docker rm -f` of the containers labelled `mcp.node=<node>` whose `mcp.service`
+/// is one of `services`, on the engine behind the fleet's runtime socket.
+fn remove_containers(
+    spec: &FleetSpec,
+    node: &str,
+    services: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let docker = || {
+        let mut command = Command::new("docker");
+        if let Some(socket) = &spec.runtime_socket {
+            command.env("DOCKER_HOST", format!("unix://{}", socket.display()));
+        }
+        command.stdin(Stdio::null());
+        command
+    };
+    let out = docker()
+        .args(["ps", "-a", "--no-trunc", "--format"])
+        .arg("{{.ID}} {{.Label \"mcp.service\"}}")
+        .arg("--filter")
+        .arg(format!("label=mcp.node={node}"))
+        .output()
+        .context("run docker ps")?;
+    if !out.status.success() {
+        bail!("docker ps: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(_, service)| services.contains(*service))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let out = docker()
+        .args(["rm", "-f", "-v"])
+        .args(&ids)
+        .output()
+        .context("run docker rm")?;
+    if !out.status.success() {
+        bail!("docker rm: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// SIGKILLs the process group of every `mcp-agent supervise DIR` with DIR under
+/// `root`: the supervisor and the instance it runs (which stays in its group).
+fn kill_exec_instances(root: &Path, problems: &mut Vec<String>) {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        problems.push("read /proc to find exec instances".to_string());
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.windows(2).any(|pair| {
+            pair[0] == b"supervise"
+                && Path::new(std::ffi::OsStr::from_bytes(pair[1])).starts_with(&root)
+        });
+        if ours {
+            // The supervisor leads its own process group (the agent starts it so).
+            send_signal_group(pid, libc::SIGKILL);
+            send_signal(pid, libc::SIGKILL);
+        }
     }
 }
 
@@ -582,6 +715,50 @@ fn wait_listening(proc: &mut Proc, address: &str, log: impl Fn() -> String) -> a
     }
 }
 
+/// The operators of a local fleet and their roles; each has its own password.
+pub const USERS: [(&str, &str); 2] = [("admin", "admin"), ("viewer", "viewer")];
+
+/// Where `user`'s password is kept: `DIR/<user>-password`.
+pub fn password_file(dir: &Path, user: &str) -> PathBuf {
+    dir.join(format!("{user}-password"))
+}
+
+/// 128 random bits as 32 hex digits.
+fn random_password() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `mcp-master hash-password`: an argon2 hash of `password` with a fresh salt.
+fn hash_password(bin: &Binaries, password: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin.path("mcp-master"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run mcp-master hash-password")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(password.as_bytes())
+            .context("write the password to mcp-master hash-password")?;
+    }
+    let out = child
+        .wait_with_output()
+        .context("wait for mcp-master hash-password")?;
+    if !out.status.success() {
+        bail!(
+            "mcp-master hash-password failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Writes a file only its owner can read (it holds a secret).
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -606,6 +783,20 @@ pub fn send_signal(pid: u32, signal: i32) {
             // only that one process is signalled.
             unsafe {
                 libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// Sends a signal to the process group led by `pgid`, a process this fleet started.
+#[allow(unsafe_code)]
+fn send_signal_group(pgid: u32, signal: i32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        if pgid > 1 {
+            // SAFETY: kill(2) has no memory-safety preconditions; -pgid names one
+            // process group, never every process (pgid > 1).
+            unsafe {
+                libc::kill(-pgid, signal);
             }
         }
     }

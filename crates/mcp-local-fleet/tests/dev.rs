@@ -33,7 +33,7 @@ fn mcp_dev_runs_the_seed_fleet() {
     let bin = mcp_local_fleet::Binaries::find().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("fleet");
-    let mut dev = Command::new(bin.path("mcp"))
+    let dev = Command::new(bin.path("mcp"))
         .args([
             "dev",
             "--runtime",
@@ -49,14 +49,20 @@ fn mcp_dev_runs_the_seed_fleet() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(dev.stdout.take().unwrap());
+    // Stops mcp dev and whatever it started even when an assertion below fails.
+    let mut dev = DevGuard {
+        child: dev,
+        dir: dir.clone(),
+        runtime: "exec".to_string(),
+    };
+    let stdout = BufReader::new(dev.child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stdout.lines() {
             let _ = tx.send(line.unwrap_or_default());
         }
     });
-    let stderr = dev.stderr.take().unwrap();
+    let stderr = dev.child.stderr.take().unwrap();
     let (etx, erx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -86,9 +92,16 @@ fn mcp_dev_runs_the_seed_fleet() {
         "logs/rift.log",
         "pids/master.pid",
         "pids/svc.pid",
+        "admin-password",
+        "viewer-password",
     ] {
         assert!(dir.join(path).is_file(), "{path} missing");
     }
+    assert_ne!(
+        std::fs::read(dir.join("admin-password")).unwrap(),
+        std::fs::read(dir.join("viewer-password")).unwrap(),
+        "admin and viewer share a password"
+    );
     let hyperborea = std::fs::read_to_string(dir.join("hyperborea/agent.toml")).unwrap();
     assert!(
         hyperborea.contains("arch = \"arm64\"")
@@ -135,8 +148,10 @@ fn mcp_dev_runs_the_seed_fleet() {
     );
 
     // Interrupt: everything it started stops.
-    mcp_local_fleet::send_signal(dev.id(), libc::SIGINT);
-    let status = eventually(Duration::from_secs(15), || dev.try_wait().ok().flatten());
+    mcp_local_fleet::send_signal(dev.child.id(), libc::SIGINT);
+    let status = eventually(Duration::from_secs(15), || {
+        dev.child.try_wait().ok().flatten()
+    });
     assert!(
         status.is_some_and(|s| s.success()),
         "mcp dev did not exit cleanly: {status:?}"

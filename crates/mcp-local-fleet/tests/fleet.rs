@@ -20,6 +20,9 @@ const SERVICES: &[&str] = &[
     "fl-any1",
     "fl-any2",
     "fl-arm",
+    "fl-app",
+    "fl-db",
+    "fl-mover",
 ];
 
 fn write(dir: &Path, name: &str, extra: &str) -> String {

@@ -150,6 +150,39 @@ fn default_probe() -> Duration {
     Duration::from_secs(5)
 }
 
+// Upper bounds of the duration keys. Health deadlines (`Instant + interval *
+// missed_heartbeats + probe_timeout`), token expiries and certificate validity
+// (`SystemTime + ttl`) are computed from them, and that arithmetic panics or
+// wraps on a duration such as "1000000000d"; well inside the bounds it cannot.
+
+/// `heartbeat_interval` at most 1h.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3600);
+/// `probe_timeout` at most 10m.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `missed_heartbeats` at most 1000.
+pub const MAX_MISSED_HEARTBEATS: u32 = 1000;
+/// `token_ttl` at most 365d.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 86400);
+/// `service_cert_ttl` and `node_cert_ttl` at most 3650d (ten years).
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(3650 * 86400);
+
+/// A duration key must be above zero and at most `max`; the error names the key,
+/// the value and the bound.
+fn check_duration(key: &str, value: Duration, max: Duration) -> anyhow::Result<()> {
+    use mcp_types::duration::format_duration;
+    if value.is_zero() {
+        bail!("{key}: must be above zero");
+    }
+    if value > max {
+        bail!(
+            "{key}: {} is above the limit of {}",
+            format_duration(value),
+            format_duration(max)
+        );
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parses and validates `master.toml` text. `origin` names the file in errors.
     pub fn parse(origin: &str, text: &str) -> anyhow::Result<Config> {
@@ -174,23 +207,30 @@ impl Config {
             mcp_types::name::check_hostname(d)
                 .map_err(|e| anyhow::anyhow!("allowed_domains: {e}"))?;
         }
-        if self.heartbeat_interval.is_zero() {
-            bail!("heartbeat_interval: must be above zero");
-        }
-        if self.probe_timeout.is_zero() {
-            bail!("probe_timeout: must be above zero");
+        for (key, value, max) in [
+            (
+                "heartbeat_interval",
+                self.heartbeat_interval,
+                MAX_HEARTBEAT_INTERVAL,
+            ),
+            ("probe_timeout", self.probe_timeout, MAX_PROBE_TIMEOUT),
+            ("token_ttl", self.token_ttl, MAX_TOKEN_TTL),
+            ("service_cert_ttl", self.service_cert_ttl, MAX_CERT_TTL),
+            ("node_cert_ttl", self.node_cert_ttl, MAX_CERT_TTL),
+        ] {
+            check_duration(key, value, max)?;
         }
         if !self.placement.reserve_cpu.is_finite() || self.placement.reserve_cpu < 0.0 {
             bail!("placement.reserve_cpu: must be zero or more cores");
         }
-        if self.token_ttl.is_zero()
-            || self.service_cert_ttl.is_zero()
-            || self.node_cert_ttl.is_zero()
-        {
-            bail!("token_ttl, service_cert_ttl and node_cert_ttl must be above zero");
-        }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats: must be at least 1");
+        }
+        if self.missed_heartbeats > MAX_MISSED_HEARTBEATS {
+            bail!(
+                "missed_heartbeats: {} is above the limit of {MAX_MISSED_HEARTBEATS}",
+                self.missed_heartbeats
+            );
         }
         for b in &self.bootstrap_nodes {
             mcp_types::name::check_dns_label(&b.name)
@@ -285,6 +325,100 @@ role = "admin"
             let err = format!("{:#}", Config::parse("master.toml", &text).unwrap_err());
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
+    }
+
+    /// Every duration key and `missed_heartbeats`: zero, the bound, just above it, and
+    /// a huge value that parses but would overflow deadline arithmetic.
+    #[test]
+    fn bounds_every_duration_key() {
+        let base = GOOD
+            .replace("heartbeat_interval = \"30s\"\n", "")
+            .replace("probe_timeout = \"5s\"\n", "")
+            .replace("missed_heartbeats = 3\n", "");
+        let node = "node = \"rift\"\n";
+        // (key = value, the error wanted or None when it must be accepted)
+        let cases: &[(&str, Option<&str>)] = &[
+            ("heartbeat_interval = \"1h\"", None),
+            (
+                "heartbeat_interval = \"1h1ns\"",
+                Some("heartbeat_interval: 1h1ns is above the limit of 1h"),
+            ),
+            (
+                "heartbeat_interval = \"1000000000d\"",
+                Some("heartbeat_interval: 1000000000d is above the limit of 1h"),
+            ),
+            (
+                "heartbeat_interval = \"0s\"",
+                Some("heartbeat_interval: must be above zero"),
+            ),
+            ("probe_timeout = \"10m\"", None),
+            (
+                "probe_timeout = \"11m\"",
+                Some("probe_timeout: 11m is above the limit of 10m"),
+            ),
+            (
+                "probe_timeout = \"1000000000d\"",
+                Some("probe_timeout: 1000000000d is above the limit of 10m"),
+            ),
+            ("token_ttl = \"365d\"", None),
+            (
+                "token_ttl = \"366d\"",
+                Some("token_ttl: 366d is above the limit of 365d"),
+            ),
+            (
+                "token_ttl = \"1000000000d\"",
+                Some("token_ttl: 1000000000d is above the limit of 365d"),
+            ),
+            ("token_ttl = \"0s\"", Some("token_ttl: must be above zero")),
+            ("service_cert_ttl = \"3650d\"", None),
+            (
+                "service_cert_ttl = \"3651d\"",
+                Some("service_cert_ttl: 3651d is above the limit of 3650d"),
+            ),
+            (
+                "service_cert_ttl = \"1000000000d\"",
+                Some("service_cert_ttl: 1000000000d is above the limit of 3650d"),
+            ),
+            ("node_cert_ttl = \"3650d\"", None),
+            (
+                "node_cert_ttl = \"213503982334601d\"",
+                Some("node_cert_ttl: 213503982334601d is above the limit of 3650d"),
+            ),
+            (
+                "node_cert_ttl = \"0s\"",
+                Some("node_cert_ttl: must be above zero"),
+            ),
+            ("missed_heartbeats = 1000", None),
+            (
+                "missed_heartbeats = 1001",
+                Some("missed_heartbeats: 1001 is above the limit of 1000"),
+            ),
+            (
+                "missed_heartbeats = 4294967295",
+                Some("missed_heartbeats: 4294967295 is above the limit of 1000"),
+            ),
+        ];
+        for (line, want) in cases {
+            let text = base.replace(node, &format!("{node}{line}\n"));
+            match (Config::parse("master.toml", &text), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => {
+                    let err = format!("{e:#}");
+                    assert!(
+                        err.contains(want),
+                        "{line}: {err:?} should contain {want:?}"
+                    );
+                }
+                (Ok(_), Some(want)) => panic!("{line}: accepted, wanted {want:?}"),
+                (Err(e), None) => panic!("{line}: refused: {e:#}"),
+            }
+        }
+        // At the bounds, the health deadline and certificate arithmetic hold.
+        let interval = MAX_HEARTBEAT_INTERVAL * MAX_MISSED_HEARTBEATS + MAX_PROBE_TIMEOUT;
+        assert!(std::time::Instant::now().checked_add(interval).is_some());
+        assert!(std::time::SystemTime::now()
+            .checked_add(MAX_CERT_TTL)
+            .is_some());
     }
 }
 

@@ -66,7 +66,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             // Keep at most 9 decimal places: finer than a nanosecond is noise.
             let digits = &frac[..frac.len().min(9)];
             let value: u128 = digits.parse().map_err(|_| too_long())?;
-            nanos += value * per_unit / 10u128.pow(digits.len() as u32);
+            // value < 10^9 and per_unit <= 86_400 * 10^9: the product fits in u128,
+            // but the sum may not ("340282366920938463463374607431768211.9us").
+            nanos = nanos
+                .checked_add(value * per_unit / 10u128.pow(digits.len() as u32))
+                .ok_or_else(too_long)?;
         }
         total = total.checked_add(nanos).ok_or_else(too_long)?;
         rest = next;
@@ -186,6 +190,13 @@ mod tests {
             (".5s", "malformed number"),
             ("99999999999999999999999999999999999999999d", "too long"),
             ("300000000000000d", "too long"),
+            // The whole part fits, the fraction tips the sum over u128.
+            (
+                "340282366920938463463374607431768211.999999999us",
+                "too long",
+            ),
+            ("340282366920938463463374607431768211455ns1ns", "too long"),
+            ("18446744073709551616s", "too long"),
         ];
         for (text, want) in cases {
             let err = parse_duration(text).unwrap_err();

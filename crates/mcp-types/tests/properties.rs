@@ -259,4 +259,67 @@ proptest! {
     fn duration_parse_never_panics(text in "[0-9.a-zµ]{0,20}") {
         let _ = parse_duration(&text);
     }
+
+    /// Huge numbers (up to 45 digits, past u128) with fractions, in every unit and
+    /// in compounds: never a panic, and Ok exactly when the exact total fits a
+    /// `Duration`, with that total.
+    #[test]
+    fn huge_durations_are_exact_or_too_long(
+        parts in prop::collection::vec(
+            (
+                "[0-9]{1,45}",
+                prop::option::of(0u8..3),
+                prop::option::of("[0-9]{1,12}"),
+                prop::sample::select(HUGE_UNITS),
+            ),
+            1..4,
+        )
+    ) {
+        // Half the parts sit just below the largest whole number of their unit that
+        // fits in u128, where only the fraction or the next part overflows.
+        let parts: Vec<(String, Option<String>, (&str, u128))> = parts
+            .into_iter()
+            .map(|(whole, near, frac, unit)| {
+                let whole = near.map_or(whole, |k| (u128::MAX / unit.1 - u128::from(k)).to_string());
+                (whole, frac, unit)
+            })
+            .collect();
+        let text: String = parts
+            .iter()
+            .map(|(whole, frac, unit)| match frac {
+                Some(frac) => format!("{whole}.{frac}{}", unit.0),
+                None => format!("{whole}{}", unit.0),
+            })
+            .collect();
+        let exact = parts.iter().try_fold(0u128, |total, (whole, frac, unit)| {
+            let mut nanos = whole.parse::<u128>().ok()?.checked_mul(unit.1)?;
+            if let Some(frac) = frac {
+                let digits = &frac[..frac.len().min(9)];
+                let value: u128 = digits.parse().ok()?;
+                nanos = nanos.checked_add(value * unit.1 / 10u128.pow(digits.len() as u32))?;
+            }
+            total.checked_add(nanos)
+        });
+        let want = exact.and_then(|nanos| {
+            let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+            Some(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+        });
+        match (parse_duration(&text), want) {
+            (Ok(got), Some(want)) => prop_assert_eq!(got, want, "{}", text),
+            (Err(e), None) => prop_assert!(e.contains("too long"), "{}: {}", text, e),
+            (got, want) => prop_assert!(false, "{}: got {:?}, want {:?}", text, got, want),
+        }
+    }
 }
+
+/// Units and their nanoseconds, for `huge_durations_are_exact_or_too_long`.
+const HUGE_UNITS: &[(&str, u128)] = &[
+    ("d", 86_400_000_000_000),
+    ("h", 3_600_000_000_000),
+    ("m", 60_000_000_000),
+    ("s", 1_000_000_000),
+    ("ms", 1_000_000),
+    ("us", 1_000),
+    ("µs", 1_000),
+    ("ns", 1),
+];

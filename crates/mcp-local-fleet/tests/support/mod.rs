@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 pub use mcp_local_fleet::{eventually, Fleet, FleetSpec};
@@ -213,5 +213,53 @@ pub fn purge_exec(service: &str, program: &Path) {
     }
     for pid in processes_of(service, program) {
         mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+    }
+}
+
+/// An `mcp dev` a test started. Dropped (a failed assertion included), it interrupts
+/// `mcp dev`, kills it if it has not stopped within 15 s, kills every process it
+/// recorded in `DIR/pids` that still runs from DIR, and removes the instances its
+/// agents ran.
+pub struct DevGuard {
+    pub child: Child,
+    pub dir: PathBuf,
+    /// The runtime `mcp dev` was given.
+    pub runtime: String,
+}
+
+impl Drop for DevGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            mcp_local_fleet::send_signal(self.child.id(), libc::SIGINT);
+            let stopped = eventually(Duration::from_secs(15), || {
+                self.child.try_wait().ok().flatten()
+            });
+            if stopped.is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        let dir = self.dir.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(self.dir.join("pids"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(pid) = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // Only a process still running from DIR: the PID may have been reused.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&dir) {
+                mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+            }
+        }
+        for problem in mcp_local_fleet::remove_instances(&FleetSpec::seed(&self.dir, &self.runtime))
+        {
+            eprintln!("DevGuard: {problem}");
+        }
     }
 }

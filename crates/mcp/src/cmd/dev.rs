@@ -82,6 +82,8 @@ pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
     };
     let mut spec = FleetSpec::seed(&dir, &runtime);
     spec.runtime_socket = socket;
+    // Services outlive `mcp dev` by design: its agents adopt them next time.
+    spec.remove_on_drop = false;
     if let Some(d) = options.heartbeat_interval {
         spec.heartbeat_interval = d;
     }
