@@ -6,14 +6,13 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mcp_placement::{Capacity, Health, NodeView, PlacedService, Role, Snapshot};
+use mcp_placement::{Capacity, NodeView, PlacedService, Snapshot};
 use mcp_proto::agent::v1 as agent;
 use mcp_proto::master::v1 as wire;
 use mcp_proto::tonic::Status;
 use mcp_types::ServiceDef;
 use tokio::sync::mpsc;
 
-use crate::registry::NodeState;
 use crate::service::{from_agent, MasterService};
 use crate::state::Placing;
 
@@ -39,17 +38,9 @@ impl MasterService {
                 }
                 NodeView {
                     name: n.name.clone(),
-                    role: if n.role == "worker" {
-                        Role::Worker
-                    } else {
-                        Role::Edge
-                    },
-                    arch: n.arch.parse().unwrap_or(mcp_types::Arch::Amd64),
-                    health: match n.state {
-                        NodeState::Healthy => Health::Healthy,
-                        NodeState::Probing => Health::Probing,
-                        NodeState::Unhealthy => Health::Unhealthy,
-                    },
+                    role: n.role,
+                    arch: n.arch,
+                    health: n.state,
                     pools: n.pools.clone(),
                     total: Capacity {
                         cpu: n.resources.cpu_cores,

@@ -13,8 +13,9 @@ use mcp_proto::transport::PeerInfo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::registry::{NodeEntry, NodeState};
+use crate::registry::NodeEntry;
 use crate::state::MasterState;
+use mcp_types::{Arch, Health, Role};
 
 /// The client's certificate, as the transport recorded it.
 fn peer<T>(request: &Request<T>) -> PeerInfo {
@@ -138,14 +139,13 @@ impl Nodes for NodeService {
         mcp_types::name::check_dns_label(&r.name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         require_node(&peer, &r.name)?;
-        if r.role != "worker" && r.role != "edge" {
-            return Err(Status::invalid_argument(format!(
-                "role: unknown role {:?}",
-                r.role
-            )));
-        }
-        r.arch
-            .parse::<mcp_types::Arch>()
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("role: {e}")))?;
+        let arch: Arch = r
+            .arch
+            .parse()
             .map_err(|_| Status::invalid_argument(format!("arch: unknown arch {:?}", r.arch)))?;
         for pool in &r.pools {
             mcp_types::name::check_dns_label(pool)
@@ -172,15 +172,15 @@ impl Nodes for NodeService {
         }
         let entry = NodeEntry {
             name: r.name.clone(),
-            role: r.role,
+            role,
             address: r.address.clone(),
-            arch: r.arch,
+            arch,
             version: r.version,
             rpcs: r.rpcs,
             pools: r.pools,
             resources: r.resources.unwrap_or_default(),
             containers,
-            state: NodeState::Healthy,
+            state: Health::Healthy,
             last_heartbeat: Instant::now(),
             last_probe: None,
             probe_in_flight: false,
@@ -196,7 +196,7 @@ impl Nodes for NodeService {
         registry.write().insert(r.name.clone(), entry);
         match known {
             None => registry.event(&r.name, format!("registered from {}", r.address)),
-            Some(k) if k.state != NodeState::Healthy => registry.event(
+            Some(k) if k.state != Health::Healthy => registry.event(
                 &r.name,
                 format!("{} -> healthy: registered", k.state.as_str()),
             ),

@@ -10,40 +10,24 @@ use mcp_proto::agent::v1::{agent_client::AgentClient, ServiceStatus};
 use mcp_proto::master::v1 as wire;
 use mcp_proto::tonic::transport::Channel;
 use mcp_proto::transport::ClientTransport;
+use mcp_types::{Arch, Health, Role};
 
 use crate::reconcile::plan::{newest, Copy, NodeFacts};
-
-/// Node health (SPEC §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeState {
-    Healthy,
-    Probing,
-    Unhealthy,
-}
-
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Healthy => "healthy",
-            NodeState::Probing => "probing",
-            NodeState::Unhealthy => "unhealthy",
-        }
-    }
-}
 
 /// One registered node.
 #[derive(Debug, Clone)]
 pub struct NodeEntry {
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub address: String,
-    pub arch: String,
+    pub arch: Arch,
     pub version: String,
     pub rpcs: Vec<String>,
     pub pools: Vec<String>,
     pub resources: wire::NodeResources,
     pub containers: u32,
-    pub state: NodeState,
+    /// Health (SPEC §5).
+    pub state: Health,
     pub last_heartbeat: Instant,
     pub last_probe: Option<Instant>,
     pub probe_in_flight: bool,
@@ -63,7 +47,7 @@ impl NodeEntry {
     pub fn facts(&self) -> NodeFacts {
         NodeFacts {
             name: self.name.clone(),
-            answers: self.state == NodeState::Healthy && self.state_known,
+            answers: self.state == Health::Healthy && self.state_known,
             copies: self
                 .services
                 .iter()
@@ -84,8 +68,8 @@ impl NodeEntry {
     pub fn to_wire(&self) -> wire::Node {
         wire::Node {
             name: self.name.clone(),
-            role: self.role.clone(),
-            arch: self.arch.clone(),
+            role: self.role.as_str().to_string(),
+            arch: self.arch.as_str().to_string(),
             version: self.version.clone(),
             state: self.state.as_str().to_string(),
             address: self.address.clone(),
@@ -121,7 +105,7 @@ pub struct Beat {
     /// The digest differs from the state the master holds: ask for a registration.
     pub send_full_state: bool,
     /// The node was not healthy before this heartbeat.
-    pub healed_from: Option<NodeState>,
+    pub healed_from: Option<Health>,
 }
 
 impl Registry {
@@ -212,11 +196,11 @@ impl Registry {
                 entry.digest != beat.state_digest || !entry.state_known
             };
             let was = entry.state;
-            entry.state = NodeState::Healthy;
+            entry.state = Health::Healthy;
             entry.last_probe = None;
             Beat {
                 send_full_state,
-                healed_from: (was != NodeState::Healthy).then_some(was),
+                healed_from: (was != Health::Healthy).then_some(was),
             }
         };
         if let Some(was) = healed_from.healed_from {
@@ -329,12 +313,12 @@ impl Registry {
             entry.probe_in_flight = true;
             entry.last_probe = Some(now);
             let was = entry.state;
-            if was == NodeState::Healthy {
-                entry.state = NodeState::Probing;
+            if was == Health::Healthy {
+                entry.state = Health::Probing;
             }
             was
         };
-        if was == NodeState::Healthy {
+        if was == Health::Healthy {
             self.event(node, format!("healthy -> probing: {why}"));
         }
         Some(now)
@@ -355,10 +339,10 @@ impl Registry {
             let was = entry.state;
             let (state, why) = match outcome {
                 Ok(()) => (
-                    NodeState::Healthy,
+                    Health::Healthy,
                     "probe answered, but heartbeats are missing".to_string(),
                 ),
-                Err(e) => (NodeState::Unhealthy, e),
+                Err(e) => (Health::Unhealthy, e),
             };
             entry.state = state;
             (was != state).then(|| format!("{} -> {}: {why}", was.as_str(), state.as_str()))
@@ -377,15 +361,15 @@ mod tests {
     fn entry(name: &str, digest: &str) -> NodeEntry {
         NodeEntry {
             name: name.to_string(),
-            role: "worker".to_string(),
+            role: Role::Worker,
             address: "127.0.0.1:1".to_string(),
-            arch: "amd64".to_string(),
+            arch: Arch::Amd64,
             version: "0".to_string(),
             rpcs: Vec::new(),
             pools: Vec::new(),
             resources: wire::NodeResources::default(),
             containers: 0,
-            state: NodeState::Healthy,
+            state: Health::Healthy,
             last_heartbeat: Instant::now(),
             last_probe: None,
             probe_in_flight: false,
@@ -432,7 +416,7 @@ mod tests {
         let registry = Registry::default();
         registry.write().insert("orion".into(), entry("orion", "a"));
         let started = registry.begin_probe("orion", "test").unwrap();
-        assert_eq!(registry.node("orion").unwrap().state, NodeState::Probing);
+        assert_eq!(registry.node("orion").unwrap().state, Health::Probing);
         assert!(
             registry.begin_probe("orion", "again").is_none(),
             "one probe at a time"
@@ -440,7 +424,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         registry.heartbeat(&beat("orion", "a"), 1).unwrap();
         registry.end_probe("orion", started, Err("timed out".into()));
-        assert_eq!(registry.node("orion").unwrap().state, NodeState::Healthy);
+        assert_eq!(registry.node("orion").unwrap().state, Health::Healthy);
     }
 
     #[test]
@@ -449,11 +433,11 @@ mod tests {
         registry.write().insert("orion".into(), entry("orion", "a"));
         let started = registry.begin_probe("orion", "test").unwrap();
         registry.end_probe("orion", started, Err("refused".into()));
-        assert_eq!(registry.node("orion").unwrap().state, NodeState::Unhealthy);
+        assert_eq!(registry.node("orion").unwrap().state, Health::Unhealthy);
         let again = registry.begin_probe("orion", "test").unwrap();
-        assert_eq!(registry.node("orion").unwrap().state, NodeState::Unhealthy);
+        assert_eq!(registry.node("orion").unwrap().state, Health::Unhealthy);
         registry.end_probe("orion", again, Ok(()));
-        assert_eq!(registry.node("orion").unwrap().state, NodeState::Healthy);
+        assert_eq!(registry.node("orion").unwrap().state, Health::Healthy);
         let events: Vec<String> = registry.events().into_iter().map(|e| e.message).collect();
         assert_eq!(
             events,

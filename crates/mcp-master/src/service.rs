@@ -17,7 +17,7 @@ use mcp_types::ServiceDef;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::registry::{NodeEntry, NodeState};
+use crate::registry::NodeEntry;
 use crate::state::MasterState;
 
 /// The service implementation.
@@ -77,7 +77,9 @@ impl MasterService {
         let nodes = self.state.registry.nodes();
         let calls = nodes
             .into_iter()
-            .filter(|n| n.role == "worker" && n.state != NodeState::Unhealthy)
+            .filter(|n| {
+                n.role == mcp_types::Role::Worker && n.state != mcp_types::Health::Unhealthy
+            })
             .map(|n| async move {
                 let Ok(mut client) = self.client(&n.name) else {
                     return (n.name, None);

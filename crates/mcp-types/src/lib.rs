@@ -5,6 +5,7 @@
 pub mod definition;
 pub mod duration;
 pub mod name;
+pub mod node;
 mod order;
 pub mod service;
 pub mod size;
@@ -12,5 +13,6 @@ mod validate;
 
 pub use definition::{parse_definition, DefinitionError, Problem};
 pub use duration::parse_duration;
+pub use node::{Health, Role};
 pub use service::*;
 pub use size::ByteSize;
