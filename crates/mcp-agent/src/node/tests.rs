@@ -307,6 +307,19 @@ async fn an_interrupted_remove_is_finished_later() {
 }
 
 #[tokio::test]
+async fn a_second_remove_finishes_an_interrupted_one() {
+    let f = fixture();
+    f.deploy(def("hello", "x:1"), 1).await.unwrap();
+    f.docker.fail_once(FakeStep::Remove, "web");
+    f.node.remove("hello", Some(1)).await.unwrap_err();
+    assert_eq!(f.record("hello").unwrap().desired, Desired::Removing);
+    f.node.remove("hello", Some(1)).await.unwrap();
+    assert!(f.docker.instances().is_empty());
+    assert!(f.record("hello").is_none());
+    assert!(!f.certs_dir("hello").exists());
+}
+
+#[tokio::test]
 async fn a_start_finishes_an_interrupted_remove() {
     let f = fixture();
     f.deploy(def("hello", "x:1"), 1).await.unwrap();
