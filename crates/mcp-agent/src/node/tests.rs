@@ -435,3 +435,19 @@ async fn exec_only_nodes_refuse_containers() {
     assert!(matches!(err, NodeError::Invalid(_)), "{err}");
     assert!(node.store.get("hello").unwrap().is_none());
 }
+
+#[tokio::test]
+async fn certificates_renew_only_for_services_the_node_holds() {
+    let f = fixture();
+    f.deploy(def("hello", "x:1"), 1).await.unwrap();
+    f.node.renew_cert("hello").await.unwrap();
+    assert!(f.certs_dir("hello").join("cert.pem").exists());
+    f.node.remove("hello", None).await.unwrap();
+    let err = f.node.renew_cert("hello").await.unwrap_err();
+    assert!(
+        err.to_string().contains("no longer on node node-a"),
+        "{err}"
+    );
+    assert!(!f.certs_dir("hello").exists());
+    assert!(f.node.cert_schedule().unwrap().is_empty());
+}
