@@ -206,3 +206,34 @@ impl Agent for AgentService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_refusals_are_failed_preconditions() {
+        let stale = NodeError::StaleDeploy {
+            node: "n".to_string(),
+            service: "s".to_string(),
+            held: 2,
+            offered: 1,
+        };
+        let newer = NodeError::NewerHeld {
+            node: "n".to_string(),
+            service: "s".to_string(),
+            held: 2,
+            offered: 1,
+        };
+        for error in [stale, newer] {
+            let text = error.to_string();
+            let status = status_of(error);
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(status.message(), text);
+        }
+        assert_eq!(
+            status_of(NodeError::NotFound("s".to_string())).code(),
+            tonic::Code::NotFound
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! it on its published port, stop/start/restart it, SIGKILL the agent while it serves
 //! and check the restarted agent adopts it (exactly one copy), then remove it and find
 //! nothing left. Once per runtime: Docker, Podman (through its Docker API), exec.
+//! An update whose new instance cannot start brings the previous one back, on the same
+//! address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -34,10 +36,25 @@ fn definition(dir: &Path, service: &str, runtime: &Runtime, binary: &Path) -> Pa
     } else {
         format!("image = \"mcp-test/hello:1\"\nvolumes = [\"/srv/{service}/data:/data\"]\n")
     };
+    write_definition(dir, service, &component, "")
+}
+
+/// An update of `definition` whose instance is created but cannot start: a program
+/// that does not exist (exec), a mount under the image's only file (containers).
+fn broken_definition(dir: &Path, service: &str, runtime: &Runtime) -> PathBuf {
+    let component = if runtime.name == "exec" {
+        "driver = \"exec\"\ncommand = [\"/nonexistent/mcp-e2e-hello\"]\n".to_string()
+    } else {
+        format!("image = \"mcp-test/hello:1\"\nvolumes = [\"/srv/{service}/data:/hello/data\"]\n")
+    };
+    write_definition(dir, service, &component, "-broken")
+}
+
+fn write_definition(dir: &Path, service: &str, component: &str, suffix: &str) -> PathBuf {
     let text = format!(
         "name = \"{service}\"\n\n[[components]]\nname = \"web\"\n{component}restart = \"unless-stopped\"\n\n[[components.routes]]\nname = \"http\"\nport = 8080\nbackend_tls = false\n"
     );
-    let path = dir.join(format!("{service}.toml"));
+    let path = dir.join(format!("{service}{suffix}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -89,6 +106,26 @@ fn scenario(runtime: Runtime, node: &str, ip: &str) {
         before,
         "a repeated deploy keeps the instance"
     );
+
+    // An update that fails after the old instance was removed brings it back.
+    let broken = broken_definition(tmp.path(), &service, &runtime);
+    let out = fleet.mcp(&["deploy", broken.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a broken update deployed: {text}");
+    assert!(
+        text.contains("step start failed") && text.contains("previous definition was restored"),
+        "{text}"
+    );
+    assert_eq!(address_of(&fleet, &service), address, "same address");
+    assert!(
+        serves(&address, &hello),
+        "the previous instance serves again"
+    );
+    assert_eq!(instances(&runtime, &service, &binary).len(), 1);
 
     // Stop, start, restart.
     mcp_ok(&fleet, &["stop", &service]);

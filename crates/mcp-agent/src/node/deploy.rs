@@ -333,14 +333,23 @@ impl Node {
         self.store.certs()
     }
 
-    /// Replaces a service's internal certificate with a fresh one.
+    /// Replaces a service's internal certificate with a fresh one. The master is asked
+    /// without holding the node's lock; a service removed meanwhile loses the new
+    /// certificate again.
     pub async fn renew_cert(&self, service: &str) -> anyhow::Result<()> {
         let issuer = self
             .certs
             .as_ref()
             .context("no master to ask for certificates")?;
+        let gone = || anyhow!("service {service} is no longer on node {}", self.name);
+        self.record(service).map_err(|_| gone())?;
         let dir = self.service_dir(service)?;
         let (not_before, not_after) = issuer.provision(service, &dir).await?;
+        let _guard = self.lock.lock().await;
+        if self.record(service).is_err() {
+            self.remove_certs(service)?;
+            return Err(gone());
+        }
         self.store.put_cert(service, not_before, not_after)
     }
 

@@ -307,6 +307,19 @@ async fn an_interrupted_remove_is_finished_later() {
 }
 
 #[tokio::test]
+async fn a_second_remove_finishes_an_interrupted_one() {
+    let f = fixture();
+    f.deploy(def("hello", "x:1"), 1).await.unwrap();
+    f.docker.fail_once(FakeStep::Remove, "web");
+    f.node.remove("hello", Some(1)).await.unwrap_err();
+    assert_eq!(f.record("hello").unwrap().desired, Desired::Removing);
+    f.node.remove("hello", Some(1)).await.unwrap();
+    assert!(f.docker.instances().is_empty());
+    assert!(f.record("hello").is_none());
+    assert!(!f.certs_dir("hello").exists());
+}
+
+#[tokio::test]
 async fn a_start_finishes_an_interrupted_remove() {
     let f = fixture();
     f.deploy(def("hello", "x:1"), 1).await.unwrap();
@@ -421,4 +434,20 @@ async fn exec_only_nodes_refuse_containers() {
         .unwrap_err();
     assert!(matches!(err, NodeError::Invalid(_)), "{err}");
     assert!(node.store.get("hello").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn certificates_renew_only_for_services_the_node_holds() {
+    let f = fixture();
+    f.deploy(def("hello", "x:1"), 1).await.unwrap();
+    f.node.renew_cert("hello").await.unwrap();
+    assert!(f.certs_dir("hello").join("cert.pem").exists());
+    f.node.remove("hello", None).await.unwrap();
+    let err = f.node.renew_cert("hello").await.unwrap_err();
+    assert!(
+        err.to_string().contains("no longer on node node-a"),
+        "{err}"
+    );
+    assert!(!f.certs_dir("hello").exists());
+    assert!(f.node.cert_schedule().unwrap().is_empty());
 }

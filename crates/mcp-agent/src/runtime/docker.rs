@@ -1,8 +1,13 @@
 //! Docker and Podman through the Docker Engine API on a Unix socket (bollard). The API
 //! version is negotiated, so old engines (Debian's Docker 20.10, API 1.41) work.
+//!
+//! `list` runs on every heartbeat, so it costs one `list_containers` call: a running
+//! container's start time (which the list does not carry) comes from an inspect that
+//! `StartedCache` remembers while the list shows no restart could have happened.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{anyhow, Context};
 use bollard::models::{
@@ -27,6 +32,60 @@ pub struct DockerRuntime {
     docker: Docker,
     node: String,
     name: &'static str,
+    started: Mutex<StartedCache>,
+}
+
+/// Start times of running containers, by container ID, so `list` need not inspect
+/// every container on every heartbeat.
+///
+/// The list carries a status text ("Up 5 minutes") but no start time. A remembered
+/// start time is trusted when the container had run a minute or more when last seen,
+/// that was under a minute ago, and the status text now says it has run a minute or
+/// more: a restart since it was last seen would have it up for less than a minute,
+/// which Docker and Podman write in seconds. So a container is inspected in its first
+/// minute, after a gap in listing, or when the text is not understood; otherwise never.
+#[derive(Debug, Default)]
+pub struct StartedCache {
+    /// id -> (started_at, last seen), in Unix seconds.
+    entries: HashMap<String, (i64, i64)>,
+}
+
+/// The uptime below which the status text counts seconds.
+const SECONDS_TEXT: i64 = 60;
+
+/// Does a running container's status text ("Up 5 minutes", "Up About an hour",
+/// "Up 3 days (healthy)") say it has run for a minute or more?
+fn up_a_minute_or_more(status: &str) -> bool {
+    let status = status.to_ascii_lowercase();
+    status.starts_with("up ")
+        && ["minute", "hour", "day", "week", "month", "year"]
+            .iter()
+            .any(|unit| status.contains(unit))
+}
+
+impl StartedCache {
+    /// The remembered start time of running container `id`, whose status text `now`
+    /// is `status`, if it may be trusted.
+    pub fn get(&mut self, id: &str, status: &str, now: i64) -> Option<i64> {
+        let (started_at, seen) = self.entries.get_mut(id)?;
+        let trusted = *seen - *started_at >= SECONDS_TEXT
+            && now - *seen < SECONDS_TEXT
+            && up_a_minute_or_more(status);
+        if !trusted {
+            return None;
+        }
+        *seen = now;
+        Some(*started_at)
+    }
+
+    pub fn put(&mut self, id: &str, started_at: i64, now: i64) {
+        self.entries.insert(id.to_string(), (started_at, now));
+    }
+
+    /// Forgets containers that are gone or no longer running.
+    pub fn keep_only(&mut self, running: &[&str]) {
+        self.entries.retain(|id, _| running.contains(&id.as_str()));
+    }
 }
 
 /// Seconds a container gets to stop before it is killed.
@@ -51,6 +110,7 @@ impl DockerRuntime {
             docker,
             node: node.to_string(),
             name,
+            started: Mutex::new(StartedCache::default()),
         })
     }
 
@@ -131,6 +191,30 @@ pub fn parse_rfc3339(s: &str) -> i64 {
         Some(days * 86400 + h * 3600 + mi * 60 + sec - offset_s)
     };
     parse().unwrap_or(0)
+}
+
+impl DockerRuntime {
+    fn started_cache(&self) -> std::sync::MutexGuard<'_, StartedCache> {
+        self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A running container's start time: remembered, or inspected once (0 when the
+    /// inspect fails; it is tried again next time).
+    async fn started_at(&self, id: &str, status: &str) -> i64 {
+        let now = crate::node::now_s();
+        if let Some(started_at) = self.started_cache().get(id, status, now) {
+            return started_at;
+        }
+        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+            return 0;
+        };
+        let started_at = inspect
+            .state
+            .and_then(|s| s.started_at)
+            .map_or(0, |t| parse_rfc3339(&t));
+        self.started_cache().put(id, started_at, now);
+        started_at
+    }
 }
 
 #[async_trait::async_trait]
@@ -301,8 +385,14 @@ impl Runtime for DockerRuntime {
             .await
             .with_context(|| format!("list {} containers", self.name))?;
         let mut out = Vec::with_capacity(containers.len());
-        for c in containers {
-            let labels = c.labels.unwrap_or_default();
+        let running: Vec<&str> = containers
+            .iter()
+            .filter(|c| c.state.is_some_and(|s| s.to_string() == "running"))
+            .filter_map(|c| c.id.as_deref())
+            .collect();
+        self.started_cache().keep_only(&running);
+        for c in &containers {
+            let labels = c.labels.clone().unwrap_or_default();
             let (Some(service), Some(component)) =
                 (labels.get(LABEL_SERVICE), labels.get(LABEL_COMPONENT))
             else {
@@ -312,25 +402,19 @@ impl Runtime for DockerRuntime {
                 .state
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "unknown".to_string());
-            let mut started_at = 0;
-            if state == "running" {
-                if let Some(id) = &c.id {
-                    if let Ok(inspect) = self.docker.inspect_container(id, None).await {
-                        started_at = inspect
-                            .state
-                            .and_then(|s| s.started_at)
-                            .map_or(0, |t| parse_rfc3339(&t));
-                    }
-                }
-            }
+            let status = c.status.clone().unwrap_or_default();
+            let started_at = match (&c.id, state.as_str()) {
+                (Some(id), "running") => self.started_at(id, &status).await,
+                _ => 0,
+            };
             out.push(Observed {
                 service: service.clone(),
                 component: component.clone(),
                 state,
-                image: c.image.unwrap_or_default(),
+                image: c.image.clone().unwrap_or_default(),
                 started_at,
                 digest: labels.get(LABEL_DIGEST).cloned().unwrap_or_default(),
-                detail: c.status.unwrap_or_default(),
+                detail: status,
             });
         }
         Ok(out)
@@ -373,7 +457,55 @@ impl Runtime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_rfc3339;
+    use super::{parse_rfc3339, up_a_minute_or_more, StartedCache};
+
+    #[test]
+    fn start_times_are_remembered_only_while_no_restart_could_hide() {
+        let mut cache = StartedCache::default();
+        assert_eq!(cache.get("a", "Up 2 hours", 10_000), None);
+        // Inspected at 10_000: up since 2_000.
+        cache.put("a", 2_000, 10_000);
+        assert_eq!(cache.get("a", "Up 2 hours", 10_030), Some(2_000));
+        assert_eq!(cache.get("a", "Up 2 hours (healthy)", 10_060), Some(2_000));
+        // A restart shows as seconds.
+        assert_eq!(cache.get("a", "Up 1 second", 10_061), None);
+        assert_eq!(cache.get("a", "Up Less than a second", 10_061), None);
+        assert_eq!(cache.get("b", "Up 2 hours", 10_061), None);
+        // Unseen for a minute or more: it may have restarted and run a minute since.
+        assert_eq!(cache.get("a", "Up About a minute", 10_200), None);
+        // In its first minute a container is never trusted from memory.
+        cache.put("c", 10_000, 10_000);
+        assert_eq!(cache.get("c", "Up About a minute", 10_030), None);
+        // Text not understood: inspect.
+        cache.put("d", 2_000, 10_000);
+        assert_eq!(cache.get("d", "running for 2h", 10_001), None);
+        cache.keep_only(&["c"]);
+        assert_eq!(cache.get("a", "Up 2 hours", 10_062), None);
+    }
+
+    #[test]
+    fn uptime_texts() {
+        for long in [
+            "Up About a minute",
+            "Up 5 minutes",
+            "Up About an hour",
+            "Up 3 days (healthy)",
+            "Up 2 weeks",
+            "Up 4 months",
+        ] {
+            assert!(up_a_minute_or_more(long), "{long}");
+        }
+        for short in [
+            "Up Less than a second",
+            "Up 1 second",
+            "Up 59 seconds",
+            "Exited (0) 5 minutes ago",
+            "Created",
+            "",
+        ] {
+            assert!(!up_a_minute_or_more(short), "{short}");
+        }
+    }
 
     #[test]
     fn rfc3339() {
