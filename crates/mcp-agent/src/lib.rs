@@ -71,10 +71,11 @@ pub async fn run(
         request_timeout: None,
         tls: Some(tls.master.clone()),
     };
+    let renewal_client = mcp_proto::master::v1::nodes_client::NodesClient::new(
+        master_transport.lazy(&config.master)?,
+    );
     let issuer = certs::CertIssuer {
-        client: mcp_proto::master::v1::nodes_client::NodesClient::new(
-            master_transport.lazy(&config.master)?,
-        ),
+        client: renewal_client.clone(),
         node: config.name.clone(),
     };
     let node = Arc::new(node::Node::new(
@@ -112,6 +113,13 @@ pub async fn run(
         shutdown.clone(),
     ));
     let renew = tokio::spawn(certs::renew_loop(node.clone(), shutdown.clone()));
+    let renew_node_cert = tokio::spawn(security::renew_loop(
+        config.name.clone(),
+        data_dir.clone(),
+        tls.clone(),
+        renewal_client,
+        shutdown.clone(),
+    ));
     let router = server_transport
         .server()
         .add_service(AgentServer::new(service));
@@ -121,5 +129,6 @@ pub async fn run(
         .context("serve agent RPCs")?;
     let _ = register.await;
     let _ = renew.await;
+    let _ = renew_node_cert.await;
     Ok(())
 }

@@ -65,6 +65,7 @@ pub async fn serve(
     });
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
+    let renew = tokio::spawn(security::renew_loop(state.clone(), shutdown.clone()));
     let router = server_transport
         .server()
         .add_service(NodesServer::new(nodes::NodeService {
@@ -76,5 +77,6 @@ pub async fn serve(
         .await
         .context("serve master RPCs")?;
     let _ = health.await;
+    let _ = renew.await;
     Ok(())
 }
