@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mcp_proto::agent::v1::agent_server::AgentServer;
+use mcp_proto::tonic::service::Routes;
 use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::{Config, RuntimeKind};
@@ -120,11 +121,12 @@ pub async fn run(
         renewal_client,
         shutdown.clone(),
     ));
-    let router = server_transport
-        .server()
-        .add_service(AgentServer::new(service));
     server_transport
-        .serve(router, listener, shutdown.clone())
+        .serve(
+            Routes::new(AgentServer::new(service)),
+            listener,
+            shutdown.clone(),
+        )
         .await
         .context("serve agent RPCs")?;
     let _ = register.await;

@@ -1,6 +1,7 @@
 //! SIGTERM ends the master and agents within seconds (SPEC §13) even with
 //! long-lived streams open: heartbeats and `mcp logs -f`, proxied by the master
-//! from the agent. Each releases its listen port.
+//! from the agent. Each releases its listen port, and the `logs -f` client sees
+//! its stream end rather than hang.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -75,6 +76,20 @@ fn port_free(address: &str) -> bool {
 /// Ends the `logs -f` client whatever happens.
 struct Reap(Child);
 
+impl Reap {
+    /// Has the client exited (its stream ended) within `within`?
+    fn exits_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
 impl Drop for Reap {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -126,7 +141,7 @@ fn sigterm_ends_master_and_agents_with_streams_open() {
     };
 
     // The agent, with the master's proxied `logs -f` stream open on it.
-    let logs = Reap(follow(&fleet));
+    let mut logs = Reap(follow(&fleet));
     let took = terminate(&mut fleet, &node);
     eprintln!("agent {node} exited {took:?} after SIGTERM with a logs -f stream open");
     assert!(
@@ -134,7 +149,10 @@ fn sigterm_ends_master_and_agents_with_streams_open() {
         "agent {node} took {took:?} to exit on SIGTERM"
     );
     assert!(port_free(&agent_address), "{agent_address} is still bound");
-    drop(logs);
+    assert!(
+        logs.exits_within(BOUND),
+        "logs -f still runs though its agent is gone"
+    );
 
     // The master, with a `logs -f` stream and the other agents' heartbeat streams
     // open. The agent comes back first so that there is something to follow.
@@ -142,7 +160,7 @@ fn sigterm_ends_master_and_agents_with_streams_open() {
     fleet
         .wait_registered(std::slice::from_ref(&node), Duration::from_secs(20))
         .unwrap();
-    let logs = Reap(follow(&fleet));
+    let mut logs = Reap(follow(&fleet));
     let master_address = fleet.spec.master_address();
     let took = terminate(&mut fleet, "master");
     eprintln!("the master exited {took:?} after SIGTERM with logs -f and heartbeat streams open");
@@ -151,15 +169,13 @@ fn sigterm_ends_master_and_agents_with_streams_open() {
         port_free(&master_address),
         "{master_address} is still bound"
     );
-    drop(logs);
+    assert!(
+        logs.exits_within(BOUND),
+        "logs -f still runs though the master is gone"
+    );
     for log in ["master", node.as_str()] {
         let text = fleet.log(log);
         assert!(!text.contains("panicked"), "{log}: {text}");
-        // The streams were still open when the grace ran out: the test tests them.
-        assert!(
-            text.contains("grace over, closed the open connections"),
-            "{log} had no open connection to close at shutdown: {text}"
-        );
     }
 
     // The master again, so the service can be removed; then the rest stops.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mcp_proto::master::v1::{master_server::MasterServer, nodes_server::NodesServer};
+use mcp_proto::tonic::service::Routes;
 use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::Config;
@@ -66,14 +67,12 @@ pub async fn serve(
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
     let renew = tokio::spawn(security::renew_loop(state.clone(), shutdown.clone()));
-    let router = server_transport
-        .server()
-        .add_service(NodesServer::new(nodes::NodeService {
-            state: state.clone(),
-        }))
-        .add_service(MasterServer::new(MasterService { state }));
+    let routes = Routes::new(NodesServer::new(nodes::NodeService {
+        state: state.clone(),
+    }))
+    .add_service(MasterServer::new(MasterService { state }));
     server_transport
-        .serve(router, listener, shutdown.clone())
+        .serve(routes, listener, shutdown.clone())
         .await
         .context("serve master RPCs")?;
     let _ = health.await;
