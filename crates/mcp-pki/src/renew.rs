@@ -26,6 +26,10 @@ pub fn retry_after(left: Duration) -> Duration {
     (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
+/// The longest single sleep: the schedule is read again after it, so a wall clock
+/// that jumped (a suspended machine) delays a renewal by an hour at most.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
 /// Renews `identity` through `renew` whenever it comes due, until `shutdown`.
 /// `renew` must swap the new certificate into `identity` before it returns Ok.
 pub async fn keep_renewed<F, Fut>(
@@ -37,36 +41,46 @@ pub async fn keep_renewed<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let mut wait = match schedule(&identity) {
-        Some((due, _)) => due,
-        None => {
-            tracing::warn!("{what}: cannot read the certificate's validity: renewing now");
-            Duration::ZERO
-        }
-    };
+    let mut last_failed = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        let (due, left) = schedule(&identity).unwrap_or_else(|| {
+            tracing::warn!("{what}: cannot read the certificate's validity: renewing now");
+            (Duration::ZERO, Duration::ZERO)
+        });
+        let wait = if !due.is_zero() {
+            due.min(MAX_SLEEP)
+        } else if last_failed {
+            retry_after(left)
+        } else {
+            Duration::ZERO
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if !due.is_zero() {
+                last_failed = false;
+                continue;
+            }
         }
         let result = tokio::select! {
             result = renew() => result,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let (due, left) = schedule(&identity).unwrap_or((Duration::ZERO, Duration::ZERO));
-        wait = match result {
+        last_failed = match result {
             Ok(()) if !due.is_zero() => {
                 tracing::info!(valid_for = ?left, next_in = ?due, "{what}: certificate renewed");
-                due
+                false
             }
             Ok(()) => {
                 tracing::warn!("{what}: the renewed certificate is already due; retrying");
-                retry_after(left)
+                true
             }
             Err(e) => {
-                let retry = retry_after(left);
-                tracing::warn!(expires_in = ?left, ?retry, "{what}: renew the certificate: {e}");
-                retry
+                tracing::warn!(expires_in = ?left, retry = ?retry_after(left), "{what}: renew the certificate: {e}");
+                true
             }
         };
     }
@@ -141,6 +155,53 @@ mod tests {
             first,
             "the cell holds the new certificate"
         );
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_renewal_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(crate::ca::Ca::create(dir.path()).unwrap());
+        let life = Duration::from_millis(1500);
+        let id = identity(&ca, "orion", life);
+        let first = id.leaf().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(keep_renewed(
+            "test",
+            id.clone(),
+            {
+                let (ca, id, calls) = (ca.clone(), id.clone(), calls.clone());
+                move || {
+                    let (ca, id, calls) = (ca.clone(), id.clone(), calls.clone());
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return Err("the master is away".to_string());
+                        }
+                        let issued = ca
+                            .issue(&["orion".to_string()], Duration::from_secs(60))
+                            .unwrap();
+                        id.replace(&issued.cert_pem, issued.key_pem.expose(), &[])
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            },
+            rx,
+        ));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "failed once, waiting to retry"
+        );
+        assert_eq!(id.leaf().unwrap(), first);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "retried after a second");
+        assert_ne!(id.leaf().unwrap(), first);
         tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await
