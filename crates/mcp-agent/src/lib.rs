@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mcp_proto::agent::v1::agent_server::AgentServer;
+use mcp_proto::tonic::service::Routes;
 use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::{Config, RuntimeKind};
@@ -71,10 +72,11 @@ pub async fn run(
         request_timeout: None,
         tls: Some(tls.master.clone()),
     };
+    let renewal_client = mcp_proto::master::v1::nodes_client::NodesClient::new(
+        master_transport.lazy(&config.master)?,
+    );
     let issuer = certs::CertIssuer {
-        client: mcp_proto::master::v1::nodes_client::NodesClient::new(
-            master_transport.lazy(&config.master)?,
-        ),
+        client: renewal_client.clone(),
         node: config.name.clone(),
     };
     let node = Arc::new(node::Node::new(
@@ -112,14 +114,23 @@ pub async fn run(
         shutdown.clone(),
     ));
     let renew = tokio::spawn(certs::renew_loop(node.clone(), shutdown.clone()));
-    let router = server_transport
-        .server()
-        .add_service(AgentServer::new(service));
+    let renew_node_cert = tokio::spawn(security::renew_loop(
+        config.name.clone(),
+        data_dir.clone(),
+        tls.clone(),
+        renewal_client,
+        shutdown.clone(),
+    ));
     server_transport
-        .serve(router, listener, shutdown.clone())
+        .serve(
+            Routes::new(AgentServer::new(service)),
+            listener,
+            shutdown.clone(),
+        )
         .await
         .context("serve agent RPCs")?;
     let _ = register.await;
     let _ = renew.await;
+    let _ = renew_node_cert.await;
     Ok(())
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mcp_proto::master::v1::{master_server::MasterServer, nodes_server::NodesServer};
+use mcp_proto::tonic::service::Routes;
 use mcp_proto::transport::{ClientTransport, ServerTransport};
 
 use crate::config::Config;
@@ -75,6 +76,7 @@ pub async fn serve(
     });
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
+    let renew = tokio::spawn(security::renew_loop(state.clone(), shutdown.clone()));
     // One pass once the fleet has had its grace period to re-register, then on demand
     // and on a periodic resync.
     let resync = config_resync(&state.config);
@@ -86,23 +88,22 @@ pub async fn serve(
             state.reconciler.trigger();
         });
     }
-    let router = server_transport
-        .server()
-        .add_service(NodesServer::new(nodes::NodeService {
+    let routes = Routes::new(NodesServer::new(nodes::NodeService {
+        state: state.clone(),
+    }))
+    .add_service(authz::Authorized::new(
+        MasterServer::new(MasterService {
             state: state.clone(),
-        }))
-        .add_service(authz::Authorized::new(
-            MasterServer::new(MasterService {
-                state: state.clone(),
-            }),
-            state,
-        ));
+        }),
+        state,
+    ));
     server_transport
-        .serve(router, listener, shutdown.clone())
+        .serve(routes, listener, shutdown.clone())
         .await
         .context("serve master RPCs")?;
     let _ = health.await;
     let _ = reconcile.await;
+    let _ = renew.await;
     Ok(())
 }
 

@@ -109,6 +109,9 @@ fn main() -> ExitCode {
         });
         mcp_master::run(config, rx).await
     });
+    // Blocking tasks (a log file followed, a SQLite call) must not hold the exit
+    // past SIGTERM: they get a second, then the process ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

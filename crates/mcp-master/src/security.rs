@@ -1,8 +1,11 @@
 //! The master's security: the fleet CA and its files, join tokens, the master's own
-//! certificate, operator tokens (signed here, or checked by an introspection
-//! backend), and the TLS settings of its listener and of its calls to agents.
+//! certificate (issued at start with `node_cert_ttl`, renewed at two thirds of its
+//! lifetime without a restart), operator tokens (signed here, or checked by an
+//! introspection backend), and the TLS settings of its listener and of its calls to
+//! agents.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -66,6 +69,11 @@ pub struct Security {
     token_key: TokenKey,
     introspector: Option<Introspector>,
     pub server: ServerTls,
+    /// The master's own certificate, presented by `server` and `agent_client`.
+    identity: Identity,
+    /// The names in it: `mcp-master` and the listen address.
+    own_names: Vec<String>,
+    own_ttl: Duration,
     /// How the master dials agents (its own certificate as client identity); the
     /// server name is set per node.
     pub agent_client: ClientTls,
@@ -79,10 +87,9 @@ impl Security {
         let key_hex = read_secret(dir, TOKEN_KEY)?;
         let key_bytes = hex::decode(key_hex.expose()).context("token-key is not hex")?;
         let token_key = TokenKey::from_bytes(&key_bytes);
-        let issued = ca.issue(
-            &[MASTER_NAME.to_string(), config.listen.ip().to_string()],
-            Duration::from_secs(365 * 86400),
-        )?;
+        let own_names = vec![MASTER_NAME.to_string(), config.listen.ip().to_string()];
+        let own_ttl = config.node_cert_ttl;
+        let issued = ca.issue(&own_names, own_ttl)?;
         let identity = Identity::from_pem(
             &issued.cert_pem,
             issued.key_pem.expose(),
@@ -112,8 +119,21 @@ impl Security {
             token_key,
             introspector,
             server,
+            identity,
+            own_names,
+            own_ttl,
             agent_client,
         })
+    }
+
+    /// Issues the master a new certificate and presents it from the next handshake.
+    pub fn renew_own(&self) -> Result<(), mcp_pki::PkiError> {
+        let issued = self.ca.issue(&self.own_names, self.own_ttl)?;
+        self.identity.replace(
+            &issued.cert_pem,
+            issued.key_pem.expose(),
+            &[self.ca.cert_der().clone()],
+        )
     }
 
     /// Checks a join secret in constant time.
@@ -157,4 +177,22 @@ pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Renews the master's own certificate whenever it comes due, until `shutdown`.
+pub async fn renew_loop(
+    state: Arc<crate::state::MasterState>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let identity = state.security.identity.clone();
+    mcp_pki::renew::keep_renewed(
+        "the master's certificate",
+        identity,
+        || {
+            let state = state.clone();
+            async move { state.security.renew_own().map_err(|e| e.to_string()) }
+        },
+        shutdown,
+    )
+    .await;
 }

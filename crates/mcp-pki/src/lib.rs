@@ -4,7 +4,7 @@
 //! backend: ring. No sockets of its own but the introspection client's: listening
 //! and dialling are `mcp_proto::transport`'s.
 //!
-//! Module layering, with no cycles: `error` ← `cert` ← (`ca`, `tls`); `tls` also
+//! Module layering, with no cycles: `error` ← `cert` ← (`ca`, `tls`) ← `renew`; `tls` also
 //! uses `join` for the CA fingerprint.
 
 pub mod ca;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod introspect;
 pub mod join;
 pub mod password;
+pub mod renew;
 pub mod secret;
 pub mod tls;
 pub mod token;

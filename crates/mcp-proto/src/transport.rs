@@ -2,12 +2,13 @@
 //! here so that TLS (and mutual TLS for agents) is a property of the transport, set in
 //! one place, rather than something each caller remembers.
 //!
-//! Listening: `ServerTransport::serve` runs a tonic router on a TCP listener (TLS
+//! Listening: `ServerTransport::serve` runs tonic `Routes` on a TCP listener (TLS
 //! handshakes bounded in number and time, `accept`), `serve_unix` on a Unix socket
 //! (`unix`). Both stop the same way when `shutdown` turns true: stop accepting and
-//! release the port or socket file at once, let open RPCs finish for
-//! `ServerTransport::grace`, then close every connection that remains (`conns`), so
-//! that long-lived streams never hold a process past SIGTERM. Handlers find the
+//! release the port or socket file at once, end the endless streams (heartbeats,
+//! `logs`: `ending`), let other open RPCs finish for `ServerTransport::grace`, then
+//! close every connection that remains (`conns`), so that no stream holds a
+//! process past SIGTERM. Handlers find the
 //! peer in the request's extensions: `PeerInfo` (TCP: address, client certificate)
 //! or `UnixPeer` (uid, gid, pid).
 //!
@@ -17,17 +18,19 @@
 mod accept;
 mod conns;
 mod dial;
+mod ending;
 pub mod unix;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
 
 pub use accept::{AcceptLimits, PeerInfo, ServerConn, ServerTls};
 pub use dial::{Connector, UnixConnector};
+pub use ending::ENDLESS_RPCS;
 pub use unix::{UnixBindError, UnixConn, UnixPeer, UnixSocket};
 
 /// TLS for a client: whom to trust and what name the server must have.
@@ -175,6 +178,9 @@ pub struct ServerTransport {
     /// How long open RPCs may run on after shutdown before their connections are
     /// closed.
     pub grace: Duration,
+    /// RPC paths (`/package.Service/Method`) whose response streams end at once at
+    /// shutdown rather than after the grace.
+    pub endless: &'static [&'static str],
 }
 
 impl Default for ServerTransport {
@@ -183,6 +189,7 @@ impl Default for ServerTransport {
             tls: None,
             limits: AcceptLimits::default(),
             grace: Duration::from_secs(2),
+            endless: ENDLESS_RPCS,
         }
     }
 }
@@ -196,18 +203,18 @@ impl ServerTransport {
         }
     }
 
-    /// A server builder with MCP's settings; add services, then `serve`.
-    pub fn server(&self) -> tonic::transport::Server {
+    /// A server with MCP's settings.
+    fn server(&self) -> tonic::transport::Server {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
     }
 
-    /// Serves `router` on `listener` until `shutdown` turns true (or its sender is
+    /// Serves `routes` on `listener` until `shutdown` turns true (or its sender is
     /// dropped), then stops as the module documentation says.
     pub async fn serve(
         &self,
-        router: Router,
+        routes: Routes,
         listener: tokio::net::TcpListener,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), tonic::transport::Error> {
@@ -219,20 +226,74 @@ impl ServerTransport {
             conns.clone(),
             shutdown.clone(),
         );
-        serve_incoming(router, incoming, conns, shutdown, self.grace).await
+        self.serve_incoming(routes, incoming, conns, shutdown).await
     }
 
-    /// Serves `router` on the Unix socket `socket` (see `UnixSocket::bind`) until
+    /// Serves `routes` on the Unix socket `socket` (see `UnixSocket::bind`) until
     /// `shutdown`; the socket file is removed when it stops.
     pub async fn serve_unix(
         &self,
-        router: Router,
+        routes: Routes,
         socket: UnixSocket,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), tonic::transport::Error> {
         let conns = conns::Conns::default();
         let incoming = unix::incoming(socket, conns.clone(), shutdown.clone());
-        serve_incoming(router, incoming, conns, shutdown, self.grace).await
+        self.serve_incoming(routes, incoming, conns, shutdown).await
+    }
+
+    async fn serve_incoming<S, IO>(
+        &self,
+        routes: Routes,
+        incoming: S,
+        conns: conns::Conns,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        S: futures_util::Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tonic::transport::server::Connected
+            + tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + Unpin
+            + Send
+            + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+    {
+        let service = ending::EndStreams {
+            inner: routes.prepare(),
+            endless: Arc::from(self.endless),
+            shutdown: shutdown.clone(),
+        };
+        let mut signal = shutdown.clone();
+        let serve = self
+            .server()
+            .serve_with_incoming_shutdown(service, incoming, async move {
+                stopped(&mut signal).await;
+            });
+        tokio::pin!(serve);
+        let mut stop = shutdown;
+        tokio::select! {
+            result = &mut serve => return result,
+            _ = stopped(&mut stop) => {}
+        }
+        // Stopped accepting; tonic asks open connections to finish (HTTP/2 GOAWAY).
+        let grace = self.grace;
+        if let Ok(result) = tokio::time::timeout(grace, &mut serve).await {
+            return result;
+        }
+        let open = conns.close_all();
+        tracing::info!(
+            open,
+            ?grace,
+            "shutdown: grace over, closed the open connections"
+        );
+        match tokio::time::timeout(Duration::from_secs(1), serve).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("shutdown: the server did not stop 1s after its connections were closed; leaving it");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -246,52 +307,6 @@ pub(crate) fn stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-async fn serve_incoming<S, IO>(
-    router: Router,
-    incoming: S,
-    conns: conns::Conns,
-    shutdown: watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<(), tonic::transport::Error>
-where
-    S: futures_util::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tonic::transport::server::Connected
-        + tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
-{
-    let mut signal = shutdown.clone();
-    let serve = router.serve_with_incoming_shutdown(incoming, async move {
-        stopped(&mut signal).await;
-    });
-    tokio::pin!(serve);
-    let mut stop = shutdown;
-    tokio::select! {
-        result = &mut serve => return result,
-        _ = stopped(&mut stop) => {}
-    }
-    // Stopped accepting; tonic asks open connections to finish (HTTP/2 GOAWAY).
-    if let Ok(result) = tokio::time::timeout(grace, &mut serve).await {
-        return result;
-    }
-    let open = conns.close_all();
-    tracing::info!(
-        open,
-        ?grace,
-        "shutdown: grace over, closed the open connections"
-    );
-    match tokio::time::timeout(Duration::from_secs(1), serve).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("shutdown: the server did not stop 1s after its connections were closed; leaving it");
-            Ok(())
-        }
-    }
 }
 
 /// An error and its causes on one line: `a: b: c`.

@@ -1,6 +1,7 @@
 //! The transport against a small gRPC service (the `Nodes` service answering who
 //! called): Unix sockets with peer credentials and mode 0600, shutdown with open
-//! streams, handshake limits, and certificates swapped while serving.
+//! streams (endless ones and others), handshake limits, and certificates swapped
+//! while serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -73,10 +74,8 @@ impl nodes_server::Nodes for WhoCalls {
     }
 }
 
-fn router(transport: &ServerTransport) -> Router {
-    transport
-        .server()
-        .add_service(nodes_server::NodesServer::new(WhoCalls))
+fn routes() -> Routes {
+    Routes::new(nodes_server::NodesServer::new(WhoCalls))
 }
 
 async fn who(channel: Channel, name: &str) -> Result<String, Status> {
@@ -163,10 +162,7 @@ async fn serve_tcp(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let router = router(&transport);
-        transport.serve(router, listener, rx).await
-    });
+    let task = tokio::spawn(async move { transport.serve(routes(), listener, rx).await });
     (address, tx, task)
 }
 
@@ -186,10 +182,7 @@ async fn unix_socket_is_private_and_names_its_peer() {
     assert_eq!(mode(&path), 0o600, "the socket is for its owner only");
     let (tx, rx) = watch::channel(false);
     let transport = ServerTransport::default();
-    let server = tokio::spawn(async move {
-        let router = router(&transport);
-        transport.serve_unix(router, socket, rx).await
-    });
+    let server = tokio::spawn(async move { transport.serve_unix(routes(), socket, rx).await });
 
     let reply = who(unix::connect(&path).await.unwrap(), "x").await.unwrap();
     let uid = std::fs::metadata(dir.path()).unwrap().uid();
@@ -236,12 +229,16 @@ async fn unix_socket_replaces_a_stale_socket_and_nothing_else() {
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
-#[tokio::test]
-async fn shutdown_closes_open_streams_and_releases_the_port() {
+/// Opens a Heartbeats stream (which the test service never ends), shuts the
+/// server down, and returns how long it took and how the stream ended.
+async fn shutdown_with_a_stream_open(
+    endless: &'static [&'static str],
+) -> (Duration, Result<Option<wire::HeartbeatReply>, Status>) {
     let pki = Pki::new();
     let server_id = pki.identity(mcp_pki::MASTER_NAME);
     let mut transport = pki.server(&server_id);
     transport.grace = Duration::from_millis(300);
+    transport.endless = endless;
     let (address, stop, server) = serve_tcp(transport).await;
     let client = pki.client(Some(&pki.identity("orion")), mcp_pki::MASTER_NAME);
     let channel = client.connect(&address).await.unwrap();
@@ -249,7 +246,6 @@ async fn shutdown_closes_open_streams_and_releases_the_port() {
         who(channel.clone(), "orion").await.unwrap(),
         "cert=true is=true"
     );
-    // A stream that the server never ends, as heartbeats and `logs -f` are.
     let (_beats, inbound) = tokio::sync::mpsc::channel::<wire::HeartbeatRequest>(1);
     let mut replies = NodesClient::new(channel)
         .heartbeats(tokio_stream::wrappers::ReceiverStream::new(inbound))
@@ -265,16 +261,31 @@ async fn shutdown_closes_open_streams_and_releases_the_port() {
         .unwrap()
         .unwrap();
     let took = started.elapsed();
+    let end = tokio::time::timeout(Duration::from_secs(2), replies.message())
+        .await
+        .expect("the client sees its stream end");
+    std::net::TcpListener::bind(&address).expect("the port is free again");
+    (took, end)
+}
+
+#[tokio::test]
+async fn shutdown_ends_endless_streams_at_once() {
+    let (took, end) = shutdown_with_a_stream_open(ENDLESS_RPCS).await;
+    assert!(took < Duration::from_millis(250), "{took:?}");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "shutting down");
+}
+
+#[tokio::test]
+async fn shutdown_closes_other_open_streams_after_the_grace() {
+    let (took, end) = shutdown_with_a_stream_open(&[]).await;
     assert!(
         took >= Duration::from_millis(250),
         "the grace was honoured: {took:?}"
     );
     assert!(took < Duration::from_millis(1500), "{took:?}");
-    let end = tokio::time::timeout(Duration::from_secs(2), replies.message())
-        .await
-        .expect("the client sees its stream end");
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
-    std::net::TcpListener::bind(&address).expect("the port is free again");
 }
 
 #[tokio::test]
@@ -427,4 +438,19 @@ fn conns_close_what_is_open_and_forget_what_is_dropped() {
         assert_eq!(conns.len(), 0);
         drop(server);
     });
+}
+
+#[test]
+fn endless_rpcs_name_real_methods() {
+    let agent = crate::agent::v1::agent_server::SERVICE_NAME;
+    let nodes = crate::master::v1::nodes_server::SERVICE_NAME;
+    let master = crate::master::v1::master_server::SERVICE_NAME;
+    assert_eq!(
+        ENDLESS_RPCS,
+        [
+            format!("/{nodes}/Heartbeats"),
+            format!("/{master}/Logs"),
+            format!("/{agent}/Logs"),
+        ]
+    );
 }
