@@ -27,13 +27,15 @@ use crate::runtime::Runtime;
 /// This agent's version, reported at registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Runs the agent until `shutdown` becomes true. `supervisor_exe` is the binary that
-/// understands `supervise DIR` (the agent binary itself).
-pub async fn run(
-    config: Config,
-    supervisor_exe: PathBuf,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+/// The runtimes a node drives: a container runtime (Docker or Podman) where it has
+/// one, and the exec driver.
+pub struct Runtimes {
+    pub container: Option<Arc<dyn Runtime>>,
+    pub exec: Arc<dyn Runtime>,
+}
+
+/// Creates the data dir and srv_root and resolves both to real paths.
+fn prepare(mut config: Config) -> anyhow::Result<(Config, PathBuf)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let data_dir = config
@@ -42,12 +44,21 @@ pub async fn run(
         .with_context(|| format!("resolve data dir {}", config.data_dir.display()))?;
     std::fs::create_dir_all(&config.srv_root)
         .with_context(|| format!("create srv_root {}", config.srv_root.display()))?;
-    let mut config = config;
     config.srv_root = config
         .srv_root
         .canonicalize()
         .with_context(|| format!("resolve srv_root {}", config.srv_root.display()))?;
-    let store = store::Store::open(&data_dir.join("agent.db"))?;
+    Ok((config, data_dir))
+}
+
+/// Runs the agent until `shutdown` becomes true. `supervisor_exe` is the binary that
+/// understands `supervise DIR` (the agent binary itself).
+pub async fn run(
+    config: Config,
+    supervisor_exe: PathBuf,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (config, data_dir) = prepare(config)?;
     let container: Option<Arc<dyn Runtime>> = match (config.runtime, config.socket()) {
         (RuntimeKind::Exec, _) | (_, None) => None,
         (kind, Some(socket)) => {
@@ -66,6 +77,28 @@ pub async fn run(
         &config.name,
         supervisor_exe,
     )?);
+    serve(config, data_dir, Runtimes { container, exec }, shutdown).await
+}
+
+/// Runs the agent on runtimes the caller made (tests: `runtime::fake`), until
+/// `shutdown`: everything else (store, enrollment, TLS, registration, RPCs) is real.
+pub async fn run_with(
+    config: Config,
+    runtimes: Runtimes,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (config, data_dir) = prepare(config)?;
+    serve(config, data_dir, runtimes, shutdown).await
+}
+
+async fn serve(
+    config: Config,
+    data_dir: PathBuf,
+    runtimes: Runtimes,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let store = store::Store::open(&data_dir.join("agent.db"))?;
+    let Runtimes { container, exec } = runtimes;
     let tls = security::node_tls(&config, &data_dir).await?;
     let master_transport = ClientTransport {
         connect_timeout: Some(std::time::Duration::from_secs(3)),

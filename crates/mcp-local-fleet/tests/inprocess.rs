@@ -1,0 +1,195 @@
+//! The control loop, generations, moves and rollbacks on a whole fleet inside the test
+//! process (real master, real agents, mutual TLS, in-memory runtimes): each scenario
+//! runs in well under a second of fleet time, without Docker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod inprocess_fleet;
+
+use std::time::Duration;
+
+use inprocess_fleet::{eventually, InProcess};
+use mcp_agent::runtime::fake::FakeStep;
+
+fn definition(name: &str, node: &str, env: &str) -> String {
+    format!(
+        "name = \"{name}\"\nnode = \"{node}\"\n[[components]]\nname = \"web\"\nimage = \"mcp-test/hello:1\"\nenv = {{ V = \"{env}\" }}\n[[components.routes]]\nname = \"http\"\nport = 8080\nbackend_tls = false\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_removes_the_old_copy_and_generations_grow() {
+    let fleet = InProcess::start(101, &["alpha", "beta"]).await;
+    fleet
+        .deploy(&[&definition("mover", "alpha", "1")])
+        .await
+        .unwrap();
+    let first = fleet.copies("mover").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "alpha");
+    assert!(first[0].1 > 0, "a deploy carries a generation: {first:?}");
+    fleet
+        .deploy(&[&definition("mover", "beta", "1")])
+        .await
+        .unwrap();
+    // The deploy waits for the loop's pass: the old copy is gone when it returns.
+    assert_eq!(fleet.hosts("mover"), ["beta"]);
+    let second = fleet.copies("mover").await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(second[0].1 > first[0].1, "{first:?} then {second:?}");
+    let events = fleet.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("removed mover") && e.contains("superseded")),
+        "{events:#?}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_on_a_node_that_comes_back_is_removed() {
+    let mut fleet = InProcess::start(111, &["alpha", "beta"]).await;
+    fleet
+        .deploy(&[&definition("stale", "alpha", "1")])
+        .await
+        .unwrap();
+    // alpha's agent goes away (its host keeps the instance); the service moves.
+    fleet.stop_agent("alpha").await;
+    fleet
+        .deploy(&[&definition("stale", "beta", "1")])
+        .await
+        .unwrap();
+    assert_eq!(fleet.hosts("stale"), ["alpha", "beta"]);
+    // Every command reaches the newest copy.
+    let stopped = fleet
+        .client()
+        .stop(fleet.request(mcp_proto::master::v1::ServiceRequest {
+            service: "stale".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.status.unwrap().node, "beta");
+    // alpha comes back: the loop removes its older copy, once.
+    fleet.start_agent("alpha").await;
+    let one = eventually(Duration::from_secs(10), || async {
+        (fleet.hosts("stale") == ["beta"] && fleet.copies("stale").await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        one.is_some(),
+        "hosts {:?}, copies {:?}, events {:#?}",
+        fleet.hosts("stale"),
+        fleet.copies("stale").await,
+        fleet.events().await
+    );
+    assert_eq!(
+        fleet.runtimes["beta"].count("remove"),
+        0,
+        "the newest copy stays"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_update_brings_the_previous_instance_back() {
+    let fleet = InProcess::start(121, &["alpha"]).await;
+    fleet
+        .deploy(&[&definition("upd", "alpha", "old")])
+        .await
+        .unwrap();
+    let runtime = fleet.runtimes["alpha"].clone();
+    runtime.fail_once(FakeStep::Start, "web");
+    let error = fleet
+        .deploy(&[&definition("upd", "alpha", "new")])
+        .await
+        .unwrap_err();
+    assert!(
+        error.message().contains("step start failed"),
+        "{}",
+        error.message()
+    );
+    let restored = runtime.definition("upd", "web").expect("an instance");
+    assert!(
+        restored.env.iter().any(|(k, v)| k == "V" && v == "old"),
+        "{:?}",
+        restored.env
+    );
+    assert!(runtime.get("upd", "web").unwrap().running());
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_holds_placements_until_the_fleet_is_back() {
+    let mut fleet = InProcess::start(131, &["alpha", "beta"]).await;
+    let any = "name = \"held\"\n[[components]]\nname = \"web\"\nimage = \"mcp-test/hello:1\"\n";
+    fleet.deploy(&[any]).await.unwrap();
+    let before = fleet.hosts("held");
+    assert_eq!(before.len(), 1);
+    fleet.stop_master().await;
+    fleet.start_master().await;
+    // At once: the master must not place before the node holding it is back.
+    let events = fleet.deploy(&[any]).await.unwrap();
+    assert_eq!(fleet.hosts("held"), before, "a second copy was started");
+    assert_eq!(fleet.copies("held").await.len(), 1);
+    let _ = events;
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_never_makes_a_healthy_node_look_dead() {
+    let fleet = InProcess::start(141, &["alpha"]).await;
+    let service = |name: &str| mcp_proto::master::v1::ServiceRequest {
+        service: name.into(),
+    };
+    for round in 0..3 {
+        fleet
+            .deploy(&[&definition("calm", "alpha", &round.to_string())])
+            .await
+            .unwrap();
+        let c = fleet.client();
+        c.clone()
+            .stop(fleet.request(service("calm")))
+            .await
+            .unwrap();
+        c.clone()
+            .start(fleet.request(service("calm")))
+            .await
+            .unwrap();
+        c.clone()
+            .restart(fleet.request(service("calm")))
+            .await
+            .unwrap();
+    }
+    // Several heartbeats later, with every digest change answered.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let events = fleet.events().await;
+    assert!(
+        !events.iter().any(|e| e.contains("probing")),
+        "a healthy node was probed: {events:#?}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_runtime_is_state_unknown_not_an_empty_node() {
+    let fleet = InProcess::start(151, &["alpha"]).await;
+    fleet
+        .deploy(&[&definition("kept", "alpha", "1")])
+        .await
+        .unwrap();
+    let runtime = fleet.runtimes["alpha"].clone();
+    runtime.fail(FakeStep::List, "");
+    // A slow Docker or a database error: several heartbeats go by in doubt.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fleet.copies("kept").await.len(),
+        1,
+        "the master forgot the node's services"
+    );
+    runtime.heal();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fleet.copies("kept").await.len(), 1);
+    assert_eq!(fleet.hosts("kept"), ["alpha"]);
+    fleet.shutdown().await;
+}
