@@ -72,7 +72,17 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
 }
 
-/// Loads the node certificate, enrolling first if there is none.
+/// Has the certificate in `path` expired (the node was down past its end)?
+fn expired(path: &Path) -> anyhow::Result<bool> {
+    let cert = mcp_pki::cert::cert_from_pem(&read(path)?)
+        .with_context(|| format!("read the node certificate in {}", path.display()))?;
+    let (_, not_after) = mcp_pki::cert::validity(&cert)
+        .with_context(|| format!("read the validity of {}", path.display()))?;
+    Ok(not_after <= std::time::SystemTime::now())
+}
+
+/// Loads the node certificate, enrolling first if there is none, or again with the
+/// join token if it expired while the node was down (it cannot be renewed then).
 pub async fn node_tls(config: &Config, data_dir: &Path) -> anyhow::Result<NodeTls> {
     finish_renewal(data_dir)?;
     let (ca_path, cert_path, key_path) = (
@@ -81,6 +91,15 @@ pub async fn node_tls(config: &Config, data_dir: &Path) -> anyhow::Result<NodeTl
         data_dir.join(KEY_FILE),
     );
     if !(ca_path.exists() && cert_path.exists() && key_path.exists()) {
+        enroll(config, data_dir).await?;
+    } else if expired(&cert_path)? {
+        if config.join_token.is_none() {
+            bail!(
+                "the node certificate {} has expired and agent.toml has no join_token to enroll again: `mcp-master join-token --data-dir DIR` prints it",
+                cert_path.display()
+            );
+        }
+        tracing::warn!(node = %config.name, "the node certificate expired while the agent was down: enrolling again");
         enroll(config, data_dir).await?;
     }
     let ca_pem = read(&ca_path)?;

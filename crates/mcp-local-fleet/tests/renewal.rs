@@ -2,7 +2,8 @@
 //! restart, end to end on the real binaries: with `node_cert_ttl = "6s"`, after
 //! 15 s (two lifetimes and a half) the agents still heartbeat and answer, their
 //! certificate files have changed, and new connections both ways use the renewed
-//! certificates (the first ones expired long ago).
+//! certificates (the first ones expired long ago). A restarted agent loads its
+//! renewed pair; one down past its certificate's end enrolls again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -13,6 +14,7 @@ use mcp_local_fleet::NodeSpec;
 use support::*;
 
 const NODES: [&str; 2] = ["rn1", "rn2"];
+const EXPIRED: &str = "the node certificate expired while the agent was down";
 
 fn node_cert(fleet: &Fleet, node: &str) -> String {
     std::fs::read_to_string(fleet.spec.dir.join(node).join("data/node.pem")).unwrap()
@@ -94,5 +96,27 @@ fn node_and_master_certificates_renew_without_restarts() {
     heartbeating(&fleet, Duration::from_secs(2)).unwrap();
     let log = fleet.log("master");
     assert!(!log.contains("certificate expired"), "{log}");
+
+    // An agent restarted at once loads the renewed pair from its data dir (a key
+    // that is not the certificate's would be refused).
+    fleet.signal(NODES[0], libc::SIGTERM).unwrap();
+    fleet.start_agent(NODES[0]).unwrap();
+    fleet
+        .wait_registered(&names[..1], Duration::from_secs(20))
+        .unwrap();
+    assert!(!fleet.log(NODES[0]).contains(EXPIRED));
+
+    // An agent down past its certificate's end enrolls again with its join token.
+    fleet.signal(NODES[1], libc::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    fleet.start_agent(NODES[1]).unwrap();
+    fleet
+        .wait_registered(&names[1..], Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        fleet.log(NODES[1]).contains(EXPIRED),
+        "{}",
+        fleet.log(NODES[1])
+    );
     fleet.stop();
 }

@@ -98,6 +98,37 @@ mod tests {
         Identity::from_pem(&issued.cert_pem, issued.key_pem.expose(), &[]).unwrap()
     }
 
+    /// Runs `keep_renewed` on `id` with a step that fails its first `failures`
+    /// calls, then issues a certificate living `next_life`; returns the call count,
+    /// the shutdown switch and the task.
+    fn renewer(
+        ca: &Arc<crate::ca::Ca>,
+        id: &Identity,
+        failures: usize,
+        next_life: Duration,
+    ) -> (
+        Arc<AtomicUsize>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = watch::channel(false);
+        let (ca, step_id, counter) = (ca.clone(), id.clone(), calls.clone());
+        let step = move || {
+            let (ca, id, calls) = (ca.clone(), step_id.clone(), counter.clone());
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) < failures {
+                    return Err("the master is away".to_string());
+                }
+                let issued = ca.issue(&["orion".to_string()], next_life).unwrap();
+                id.replace(&issued.cert_pem, issued.key_pem.expose(), &[])
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let task = tokio::spawn(keep_renewed("test", id.clone(), step, rx));
+        (calls, tx, task)
+    }
+
     #[test]
     fn retries_sooner_near_the_end() {
         assert_eq!(retry_after(Duration::ZERO), Duration::from_secs(1));
@@ -128,26 +159,7 @@ mod tests {
             "{left:?}"
         );
         let first = id.leaf().unwrap();
-        let renewals = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(keep_renewed(
-            "test",
-            id.clone(),
-            {
-                let (ca, id, renewals) = (ca.clone(), id.clone(), renewals.clone());
-                move || {
-                    let (ca, id, renewals) = (ca.clone(), id.clone(), renewals.clone());
-                    async move {
-                        let issued = ca.issue(&["orion".to_string()], life).unwrap();
-                        id.replace(&issued.cert_pem, issued.key_pem.expose(), &[])
-                            .map_err(|e| e.to_string())?;
-                        renewals.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                }
-            },
-            rx,
-        ));
+        let (renewals, tx, task) = renewer(&ca, &id, 0, life);
         tokio::time::sleep(due + Duration::from_millis(500)).await;
         assert_eq!(renewals.load(Ordering::SeqCst), 1);
         assert_ne!(
@@ -166,33 +178,13 @@ mod tests {
     async fn a_failed_renewal_is_retried() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(crate::ca::Ca::create(dir.path()).unwrap());
-        let life = Duration::from_millis(1500);
+        // Validity has whole seconds: the schedule says when the first try comes.
+        let life = Duration::from_millis(3000);
         let id = identity(&ca, "orion", life);
         let first = id.leaf().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(keep_renewed(
-            "test",
-            id.clone(),
-            {
-                let (ca, id, calls) = (ca.clone(), id.clone(), calls.clone());
-                move || {
-                    let (ca, id, calls) = (ca.clone(), id.clone(), calls.clone());
-                    async move {
-                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                            return Err("the master is away".to_string());
-                        }
-                        let issued = ca
-                            .issue(&["orion".to_string()], Duration::from_secs(60))
-                            .unwrap();
-                        id.replace(&issued.cert_pem, issued.key_pem.expose(), &[])
-                            .map_err(|e| e.to_string())
-                    }
-                }
-            },
-            rx,
-        ));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (calls, tx, task) = renewer(&ca, &id, 1, Duration::from_secs(60));
+        let (due, _) = schedule(&id).unwrap();
+        tokio::time::sleep(due + Duration::from_millis(500)).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,

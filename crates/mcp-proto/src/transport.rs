@@ -8,9 +8,9 @@
 //! release the port or socket file at once, end the endless streams (heartbeats,
 //! `logs`: `ending`), let other open RPCs finish for `ServerTransport::grace`, then
 //! close every connection that remains (`conns`), so that no stream holds a
-//! process past SIGTERM. Handlers find the
-//! peer in the request's extensions: `PeerInfo` (TCP: address, client certificate)
-//! or `UnixPeer` (uid, gid, pid).
+//! process past SIGTERM. Handlers find the peer in the request's extensions:
+//! `PeerInfo::of` (TCP: address, client certificate) or `UnixPeer::of` (uid, gid,
+//! pid).
 //!
 //! Dialling: `ClientTransport` (TCP, TLS verifying the server's name, `dial`), or
 //! `unix::connect` and `unix::lazy` for a socket path.

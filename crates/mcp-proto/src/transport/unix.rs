@@ -5,6 +5,31 @@
 //! replaced, a live server's socket or any other file is not. Each connection
 //! records the peer's uid, gid and pid (`SO_PEERCRED`) as a `UnixPeer` in every
 //! request's extensions, for handlers that check who calls.
+//!
+//! ```no_run
+//! use mcp_proto::tonic::{service::Routes, Request, Status};
+//! use mcp_proto::transport::{unix, ServerTransport, UnixPeer, UnixSocket};
+//!
+//! // In a handler: only root and the socket's owner get in.
+//! fn admit<T>(request: &Request<T>, owner: u32) -> Result<(), Status> {
+//!     match UnixPeer::of(request) {
+//!         Some(peer) if peer.uid == 0 || peer.uid == owner => Ok(()),
+//!         _ => Err(Status::permission_denied("not the socket's owner")),
+//!     }
+//! }
+//!
+//! async fn run(routes: Routes, shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+//!     let socket = UnixSocket::bind("/run/mc-proxy/admin.sock".as_ref())?;
+//!     ServerTransport::default().serve_unix(routes, socket, shutdown).await?;
+//!     Ok(())
+//! }
+//!
+//! async fn dial() -> anyhow::Result<()> {
+//!     let channel = unix::connect("/run/mc-proxy/admin.sock".as_ref()).await?;
+//!     # let _ = channel;
+//!     Ok(())
+//! }
+//! ```
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -59,7 +84,9 @@ static BIND_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl UnixSocket {
     /// Binds `path` with mode 0600, replacing a stale socket file. Must be called
-    /// within a tokio runtime.
+    /// within a tokio runtime. The socket is first bound in a private directory
+    /// beside `path` (`.mcp-sock-<pid>-<n>/s`), so the directory must be writable
+    /// and that longer path must fit the kernel's limit (108 bytes).
     pub fn bind(path: &Path) -> Result<UnixSocket, UnixBindError> {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {
