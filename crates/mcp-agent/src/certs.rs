@@ -1,19 +1,15 @@
 //! Each service's internal certificate (`<service>.svc.mcp.<domain>` only), obtained
 //! from the master's CA over the node's mutual-TLS channel, written to
 //! `<srv_root>/<service>/certs/` (`cert.pem`, `key.pem` mode 0600, `ca.pem`), renewed
-//! at two thirds of its lifetime without restarting anything, removed with the
-//! service.
+//! at two thirds of its lifetime (the node's renewal loop decides when), removed with
+//! the service. Knows nothing of the node: the node depends on it, not the reverse.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use mcp_pki::ca::write_file;
 use mcp_proto::master::v1::{nodes_client::NodesClient, IssueCertificateRequest};
 use mcp_proto::tonic::transport::Channel;
-
-use crate::node::Node;
 
 /// Asks the master for certificates.
 #[derive(Clone)]
@@ -52,37 +48,19 @@ pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
     not_before + (not_after - not_before) * 2 / 3
 }
 
-/// Renews certificates as they come due, until `shutdown`.
-pub async fn renew_loop(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let now = crate::node::now_s();
-        let mut next = now + 60;
-        match node.cert_schedule() {
-            Ok(certs) => {
-                for (service, not_before, not_after) in certs {
-                    let due = renew_at(not_before, not_after);
-                    if due <= now {
-                        match node.renew_cert(&service).await {
-                            Ok(()) => {
-                                tracing::info!(node = %node.name, service = %service, "renewed the internal certificate")
-                            }
-                            Err(e) => {
-                                tracing::warn!(node = %node.name, service = %service, "renew the internal certificate: {e:#}")
-                            }
-                        }
-                    } else {
-                        next = next.min(due);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("read certificate schedule: {e:#}"),
-        }
-        let wait = Duration::from_secs((next - crate::node::now_s()).clamp(1, 60) as u64);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = node.certs_changed.notified() => {}
-            _ = shutdown.changed() => return,
-        }
+/// Where a service's internal certificate comes from: the master's CA (`CertIssuer`),
+/// or a stand-in in tests.
+#[async_trait::async_trait]
+pub trait CertSource: Send + Sync {
+    /// Writes `service`'s certificate into `service_dir/certs/`; returns (not_before,
+    /// not_after) in Unix seconds.
+    async fn provision(&self, service: &str, service_dir: &Path) -> anyhow::Result<(i64, i64)>;
+}
+
+#[async_trait::async_trait]
+impl CertSource for CertIssuer {
+    async fn provision(&self, service: &str, service_dir: &Path) -> anyhow::Result<(i64, i64)> {
+        CertIssuer::provision(self, service, service_dir).await
     }
 }
 

@@ -146,7 +146,7 @@ async fn serve(
         nudge,
         shutdown.clone(),
     ));
-    let renew = tokio::spawn(certs::renew_loop(node.clone(), shutdown.clone()));
+    let renew = tokio::spawn(node::renew_loop(node.clone(), shutdown.clone()));
     let renew_node_cert = tokio::spawn(security::renew_loop(
         config.name.clone(),
         data_dir.clone(),

@@ -17,18 +17,6 @@ use crate::registry::NodeEntry;
 use crate::state::MasterState;
 use mcp_types::{Arch, Health, Role};
 
-/// The client's certificate, as the transport recorded it.
-fn peer<T>(request: &Request<T>) -> PeerInfo {
-    request
-        .extensions()
-        .get::<PeerInfo>()
-        .cloned()
-        .unwrap_or(PeerInfo {
-            remote: None,
-            certs: None,
-        })
-}
-
 /// The caller must hold `node`'s certificate.
 fn require_node(peer: &PeerInfo, node: &str) -> Result<(), Status> {
     if !peer.has_cert() {
@@ -96,7 +84,7 @@ impl Nodes for NodeService {
         &self,
         request: Request<wire::IssueCertificateRequest>,
     ) -> Result<Response<wire::IssueCertificateReply>, Status> {
-        let peer = peer(&request);
+        let peer = PeerInfo::of(&request);
         let r = request.into_inner();
         check_service_name(&r.service)?;
         require_node(&peer, &r.node)?;
@@ -134,7 +122,7 @@ impl Nodes for NodeService {
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterReply>, Status> {
-        let peer = peer(&request);
+        let peer = PeerInfo::of(&request);
         let r = request.into_inner();
         mcp_types::name::check_dns_label(&r.name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
@@ -213,7 +201,7 @@ impl Nodes for NodeService {
         &self,
         request: Request<tonic::Streaming<wire::HeartbeatRequest>>,
     ) -> Result<Response<HeartbeatStream>, Status> {
-        let peer = peer(&request);
+        let peer = PeerInfo::of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let state = self.state.clone();
@@ -268,7 +256,7 @@ impl Nodes for NodeService {
         &self,
         request: Request<wire::RenewNodeCertificateRequest>,
     ) -> Result<Response<wire::EnrollReply>, Status> {
-        let peer = peer(&request);
+        let peer = PeerInfo::of(&request);
         let r = request.into_inner();
         mcp_types::name::check_dns_label(&r.node)
             .map_err(|e| Status::invalid_argument(format!("node: {e}")))?;

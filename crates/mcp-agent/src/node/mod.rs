@@ -9,7 +9,10 @@
 mod deploy;
 pub mod identity;
 mod lifecycle;
+mod renewal;
 mod status;
+
+pub use renewal::renew_loop;
 #[cfg(test)]
 mod tests;
 
@@ -78,29 +81,7 @@ pub enum NodeError {
     Internal(#[from] anyhow::Error),
 }
 
-/// Where a service's internal certificate comes from: the master's CA (`CertIssuer`),
-/// or a stand-in in tests.
-#[async_trait::async_trait]
-pub trait CertSource: Send + Sync {
-    /// Writes `service`'s certificate into `service_dir/certs/`; returns (not_before,
-    /// not_after) in Unix seconds.
-    async fn provision(
-        &self,
-        service: &str,
-        service_dir: &std::path::Path,
-    ) -> anyhow::Result<(i64, i64)>;
-}
-
-#[async_trait::async_trait]
-impl CertSource for crate::certs::CertIssuer {
-    async fn provision(
-        &self,
-        service: &str,
-        service_dir: &std::path::Path,
-    ) -> anyhow::Result<(i64, i64)> {
-        crate::certs::CertIssuer::provision(self, service, service_dir).await
-    }
-}
+pub use crate::certs::CertSource;
 
 /// The node's services and the runtimes that run them.
 pub struct Node {
