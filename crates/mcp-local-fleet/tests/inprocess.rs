@@ -193,3 +193,55 @@ async fn an_unreadable_runtime_is_state_unknown_not_an_empty_node() {
     assert_eq!(fleet.hosts("kept"), ["alpha"]);
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_no_longer_runs_a_service_gets_no_certificate_for_it() {
+    let fleet = InProcess::start(161, &["alpha", "beta"]).await;
+    fleet
+        .deploy(&[&definition("certy", "alpha", "1")])
+        .await
+        .unwrap();
+    let ask = |node: &'static str| {
+        let fleet = &fleet;
+        async move {
+            fleet
+                .as_node(node)
+                .await
+                .issue_certificate(mcp_proto::master::v1::IssueCertificateRequest {
+                    service: "certy".into(),
+                    node: node.into(),
+                })
+                .await
+        }
+    };
+    assert!(ask("alpha").await.is_ok(), "the node running it may");
+    assert_eq!(
+        ask("beta").await.unwrap_err().code(),
+        mcp_proto::tonic::Code::PermissionDenied
+    );
+    fleet
+        .deploy(&[&definition("certy", "beta", "1")])
+        .await
+        .unwrap();
+    // After the move (and the deploy's placement is over), only beta may.
+    assert!(ask("beta").await.is_ok());
+    let refused = ask("alpha").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        mcp_proto::tonic::Code::PermissionDenied,
+        "{refused:?}"
+    );
+    // Removed: nobody may, not even the node that ran it last.
+    fleet
+        .client()
+        .remove(fleet.request(mcp_proto::master::v1::ServiceRequest {
+            service: "certy".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ask("beta").await.unwrap_err().code(),
+        mcp_proto::tonic::Code::PermissionDenied
+    );
+    fleet.shutdown().await;
+}

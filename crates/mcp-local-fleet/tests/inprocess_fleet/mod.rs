@@ -280,6 +280,32 @@ impl InProcess {
             .collect()
     }
 
+    /// A node-facing client that presents `node`'s own certificate, as its agent would.
+    pub async fn as_node(
+        &self,
+        node: &str,
+    ) -> mcp_proto::master::v1::nodes_client::NodesClient<Channel> {
+        let data = self.dir.path().join(node).join("data");
+        let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap();
+        let ca = mcp_pki::cert::certs_from_pem(&read("ca.pem"))
+            .unwrap()
+            .remove(0);
+        let identity =
+            mcp_pki::tls::Identity::from_pem(&read("node.pem"), &read("node-key.pem"), &[])
+                .unwrap();
+        let transport = ClientTransport {
+            connect_timeout: Some(Duration::from_secs(2)),
+            request_timeout: Some(Duration::from_secs(5)),
+            tls: Some(ClientTls {
+                config: mcp_pki::tls::client_config(&ca, Some(&identity)).unwrap(),
+                server_name: mcp_pki::MASTER_NAME.to_string(),
+            }),
+        };
+        mcp_proto::master::v1::nodes_client::NodesClient::new(
+            transport.connect(&self.master_address()).await.unwrap(),
+        )
+    }
+
     pub async fn shutdown(mut self) {
         for node in self.nodes.clone() {
             self.stop_agent(&node).await;
