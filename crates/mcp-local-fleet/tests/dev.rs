@@ -1,6 +1,7 @@
 //! `mcp dev` as an operator runs it (SPEC §11): the seed fleet from the real binaries
 //! and config files at the documented paths; a process killed by hand is reported and
-//! the rest keep running; an interrupt stops everything it started.
+//! the rest keep running; an interrupt stops everything it started. Then the soak
+//! benchmark's smoke mode, on the same addresses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -160,4 +161,20 @@ fn mcp_dev_runs_the_seed_fleet() {
         others.iter().all(|p| !alive(*p)),
         "processes left running after mcp dev stopped"
     );
+
+    // The soak benchmark still runs (a smoke of it, on the same addresses, so after
+    // this fleet is gone): a broken benchmark script fails here, not months later.
+    let soak = Command::new("bash")
+        .arg(repo_root().join("bench/soak.sh"))
+        .args(["--smoke", "exec"])
+        .env("MCP_BIN_DIR", &bin.dir)
+        .output()
+        .unwrap();
+    assert!(
+        soak.status.success(),
+        "bench/soak.sh --smoke exec failed:\n{}{}",
+        String::from_utf8_lossy(&soak.stdout),
+        String::from_utf8_lossy(&soak.stderr)
+    );
+    assert!(String::from_utf8_lossy(&soak.stdout).contains("no leak"));
 }
