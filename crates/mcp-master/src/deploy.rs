@@ -76,7 +76,7 @@ impl MasterService {
             if !told {
                 told = true;
                 let message = format!(
-                    "the master started {:.1?} ago; waiting up to {:?} for nodes to register ({})",
+                    "the master started {:.1?} ago: waiting up to {:?} for {} to register before placing",
                     self.state.started.elapsed(),
                     self.state.grace(),
                     missing.join(", ")

@@ -65,7 +65,7 @@ impl MasterState {
         }
         if missing.is_empty() {
             // No bootstrap list: only the grace period tells.
-            return vec!["(any node)".to_string()];
+            return vec!["the fleet".to_string()];
         }
         missing
     }
