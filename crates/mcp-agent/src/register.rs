@@ -110,7 +110,8 @@ impl Registrar {
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
-        Ok(Duration::from_millis(reply.heartbeat_interval_ms.max(5)))
+        // Bounded whatever the master says: interval arithmetic must not overflow.
+        Ok(Duration::from_millis(reply.heartbeat_interval_ms.clamp(5, 3_600_000)))
     }
 
     async fn heartbeat(&mut self) -> wire::HeartbeatRequest {
