@@ -1,0 +1,2 @@
+//! The mc-proxy binary: nothing to serve yet.
+fn main() {}
