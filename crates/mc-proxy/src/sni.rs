@@ -255,6 +255,22 @@ fn server_name(body: &[u8]) -> Result<String, &'static str> {
     hostname::normalize(text)
 }
 
+/// The input length at which `parse` can next give a different answer than
+/// `NeedMore`: the end of the first incomplete record (or of the next record
+/// header). Lets a reader that gets bytes one at a time parse once per record
+/// instead of once per byte.
+pub fn wanted(input: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(h) = input.get(at..at + 5) {
+        let next = at + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if next > input.len() {
+            return next;
+        }
+        at = next;
+    }
+    at + 5
+}
+
 /// A TLS alert record (TLS 1.2 record version, as TLS 1.3 also sends before
 /// encryption starts): fatal (level 2) with `description`.
 pub fn alert(description: u8) -> [u8; 7] {

@@ -271,3 +271,12 @@ proptest! {
         prop_assert_eq!(parse(&bytes), Parsed::Found(name));
     }
 }
+
+#[test]
+fn wanted_is_the_next_record_end() {
+    assert_eq!(wanted(&[]), 5);
+    assert_eq!(wanted(&[22, 3, 1]), 5);
+    assert_eq!(wanted(&[22, 3, 1, 0, 10]), 15);
+    assert_eq!(wanted(&[22, 3, 1, 0, 1, 1]), 11);
+    assert_eq!(wanted(&[22, 3, 1, 0, 1, 1, 22]), 11);
+}
