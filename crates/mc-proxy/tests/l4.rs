@@ -506,3 +506,93 @@ async fn route_change_applies_to_new_connections_only() {
     old.read_exact(&mut tag).await.expect("read");
     assert_eq!(&tag, b"one", "the open connection moved");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_is_closed_at_idle_timeout() {
+    let (addr, _) = backend(echo).await;
+    for copy in [CopyMode::Splice, CopyMode::Plain] {
+        let mut l = limits(copy);
+        l.idle_timeout = Duration::from_millis(400);
+        let p = start_proxy(l, table(&[("x.example", addr)])).await;
+        let mut c = TcpStream::connect(p.addr).await.expect("connect");
+        c.write_all(HELLO).await.expect("write");
+        let mut back = vec![0u8; HELLO.len()];
+        c.read_exact(&mut back).await.expect("echo");
+        // Traffic keeps it open past the timeout...
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.write_all(b"ping").await.expect("write");
+            let mut pong = [0u8; 4];
+            c.read_exact(&mut pong)
+                .await
+                .expect("still open while busy");
+        }
+        // ...silence closes it.
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+            .await
+            .expect("not closed");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{copy:?}: closed after {took:?}"
+        );
+    }
+}
+
+/// Runs `program` with `args`; stdout and stderr.
+async fn run(program: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} timed out"))
+    .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_gnutls_reach_the_backend_through_the_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, backend) = tls_backend(dir.path(), "backend.mc-proxy.test").await;
+    let p = start_proxy(
+        limits(CopyMode::Splice),
+        table(&[("*.mc-proxy.test", backend)]),
+    )
+    .await;
+    let port = p.addr.port().to_string();
+    let resolve = format!("web.mc-proxy.test:{port}:{PROXY_IP}");
+    let url = format!("https://web.mc-proxy.test:{port}/");
+    let out = run("curl", &["-skv", "--resolve", &resolve, &url]).await;
+    assert!(
+        out.contains("CN=backend.mc-proxy.test") && out.contains("HTTP/1.0 200 ok"),
+        "curl:\n{out}"
+    );
+    let out = run(
+        "gnutls-cli",
+        &[
+            "--insecure",
+            "--sni-hostname",
+            "gnutls.mc-proxy.test",
+            "-p",
+            &port,
+            PROXY_IP,
+        ],
+    )
+    .await;
+    assert!(
+        out.contains("CN=backend.mc-proxy.test") && out.contains("Handshake was completed"),
+        "gnutls-cli:\n{out}"
+    );
+    assert_eq!(p.proxy.stats().dials, 2);
+}
