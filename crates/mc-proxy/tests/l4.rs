@@ -176,24 +176,12 @@ async fn tls_backend(dir: &Path, cn: &str) -> (Child, SocketAddr) {
 
 /// Runs `openssl s_client` against `addr` with `args`; stdout and stderr.
 async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("openssl")
-            .arg("s_client")
-            .args(args)
-            .args(["-connect", &addr.to_string()])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    let addr = addr.to_string();
+    run(
+        "openssl",
+        &[&["s_client"], args, &["-connect", &addr]].concat(),
     )
     .await
-    .expect("openssl s_client timed out")
-    .expect("run openssl s_client");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
