@@ -114,7 +114,14 @@ async fn one_way(
 ) -> io::Result<u64> {
     let moved = match mode {
         #[cfg(target_os = "linux")]
-        CopyMode::Splice => splice_copy(&from, &to, activity).await?,
+        CopyMode::Splice => match std::io::pipe() {
+            Ok(pipe) => splice_copy(&from, &to, pipe, activity).await?,
+            // Out of descriptors for the pipe: the plain copy needs none.
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for splice, copying plainly");
+                plain_copy(from, &mut to, activity).await?
+            }
+        },
         _ => plain_copy(from, &mut to, activity).await?,
     };
     to.shutdown().await?;
@@ -148,12 +155,12 @@ const SPLICE_CHUNK: usize = 64 * 1024;
 async fn splice_copy(
     from: &OwnedReadHalf,
     to: &OwnedWriteHalf,
+    (pipe_r, pipe_w): (std::io::PipeReader, std::io::PipeWriter),
     activity: &Activity,
 ) -> io::Result<u64> {
     use crate::splice::splice;
     use tokio::io::Interest;
 
-    let (pipe_r, pipe_w) = std::io::pipe()?;
     let from: &TcpStream = from.as_ref();
     let to: &TcpStream = to.as_ref();
     let mut total = 0u64;

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use crate::config::Config;
 use crate::l4::{self, CopyMode};
@@ -142,13 +142,17 @@ impl Proxy {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let this = Arc::clone(self);
             let mut stop = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = this.connection(stream, peer) => {}
-                    () = stopped(&mut stop) => {}
+            let span = tracing::debug_span!("connection", %peer);
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        () = this.connection(stream, peer) => {}
+                        () = stopped(&mut stop) => {}
+                    }
+                    drop(permit);
                 }
-                drop(permit);
-            });
+                .instrument(span),
+            );
         }
     }
 

@@ -256,9 +256,10 @@ fn server_name(body: &[u8]) -> Result<String, &'static str> {
 }
 
 /// The input length at which `parse` can next give a different answer than
-/// `NeedMore`: the end of the first incomplete record (or of the next record
-/// header). Lets a reader that gets bytes one at a time parse once per record
-/// instead of once per byte.
+/// `NeedMore`: the end of the first incomplete record, the end of the next
+/// record header, or `input.len()` itself when the input ends on a record
+/// boundary (parse now). Lets a reader that gets bytes a few at a time parse
+/// once per record instead of once per read.
 pub fn wanted(input: &[u8]) -> usize {
     let mut at = 0;
     while let Some(h) = input.get(at..at + 5) {
@@ -268,7 +269,11 @@ pub fn wanted(input: &[u8]) -> usize {
         }
         at = next;
     }
-    at + 5
+    if at == input.len() {
+        at
+    } else {
+        at + 5
+    }
 }
 
 /// A TLS alert record (TLS 1.2 record version, as TLS 1.3 also sends before

@@ -584,3 +584,28 @@ async fn curl_and_gnutls_reach_the_backend_through_the_proxy() {
     );
     assert_eq!(p.proxy.stats().dials, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_in_several_segments_and_records_is_forwarded_whole() {
+    let (addr, _) = backend(echo).await;
+    let p = start_proxy(limits(CopyMode::Splice), table(&[("x.example", addr)])).await;
+    // Re-frame the recorded hello into 40-byte records, sent in 7-byte segments.
+    let message = &HELLO[5..];
+    let mut framed = Vec::new();
+    for chunk in message.chunks(40) {
+        framed.extend_from_slice(&[22, 3, 1, 0, chunk.len() as u8]);
+        framed.extend_from_slice(chunk);
+    }
+    let mut c = TcpStream::connect(p.addr).await.expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    for segment in framed.chunks(7) {
+        c.write_all(segment).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut back = vec![0u8; framed.len()];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(back, framed);
+}
