@@ -2,8 +2,9 @@
 //! hostname it asks for (`Found`), that it asks for none (`NoSni`), that more
 //! bytes are needed (`NeedMore`) or why the bytes are not a ClientHello
 //! (`Invalid`). No I/O, never panics, and bounded: a ClientHello above
-//! `MAX_HELLO` bytes, or spread over more than `MAX_INPUT` bytes of records, is
-//! refused, so the caller's buffer never needs to grow past `MAX_INPUT`.
+//! `MAX_HELLO` bytes, or spread over more than `MAX_RECORDS` records or
+//! `MAX_INPUT` bytes of them, is refused, so the caller's buffer never needs to
+//! grow past `MAX_INPUT`.
 
 use crate::hostname;
 
@@ -13,6 +14,10 @@ use crate::hostname;
 pub const MAX_HELLO: usize = 16 * 1024;
 /// Most record-layer bytes read to assemble one ClientHello (headers included).
 pub const MAX_INPUT: usize = 2 * MAX_HELLO;
+/// Most records one ClientHello may span. Real clients use one or two (a few
+/// split it on purpose to get past SNI filters); the cap bounds the parsing a
+/// client can cause, since the proxy parses once per record.
+pub const MAX_RECORDS: usize = 64;
 
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
@@ -58,6 +63,7 @@ enum Assembly {
 fn assemble(input: &[u8]) -> Result<Vec<u8>, Assembly> {
     let mut message: Vec<u8> = Vec::new();
     let mut at = 0;
+    let mut count = 0;
     loop {
         if let Some(total) = message_len(&message) {
             if message.len() >= total {
@@ -67,9 +73,15 @@ fn assemble(input: &[u8]) -> Result<Vec<u8>, Assembly> {
         }
         if at >= MAX_INPUT {
             return Err(Assembly::Invalid(
-                "ClientHello spread over too many records",
+                "ClientHello spread over more than 32 KiB",
             ));
         }
+        if count == MAX_RECORDS {
+            return Err(Assembly::Invalid(
+                "ClientHello spread over more than 64 records",
+            ));
+        }
+        count += 1;
         let header = match input.get(at..at + 5) {
             Some(h) => h,
             None => {
