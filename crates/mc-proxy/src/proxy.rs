@@ -314,7 +314,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    info!(listen = %config.listen, max_connections = config.max_connections, "mc-proxy serving");
+    // The whole config (it holds no secret), as operators check it at start.
+    info!(?config, "mc-proxy serving");
     let proxy = Proxy::new(Limits::from(&config));
     proxy.serve(listener, shutdown).await;
     Ok(())
