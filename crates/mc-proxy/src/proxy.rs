@@ -158,6 +158,10 @@ impl Proxy {
 
     /// One client connection, from its first byte to its close.
     async fn connection(&self, mut client: TcpStream, peer: SocketAddr) {
+        // Forwarded bytes go out as they come; TLS does its own batching.
+        if let Err(e) = client.set_nodelay(true) {
+            debug!(%peer, error = %e, "set TCP_NODELAY");
+        }
         let (hello, parsed) = match tokio::time::timeout(
             self.limits.handshake_timeout,
             read_hello(&mut client),
