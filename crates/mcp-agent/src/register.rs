@@ -111,7 +111,9 @@ impl Registrar {
             .map_err(|s| s.message().to_string())?
             .into_inner();
         // Bounded whatever the master says: interval arithmetic must not overflow.
-        Ok(Duration::from_millis(reply.heartbeat_interval_ms.clamp(5, 3_600_000)))
+        Ok(Duration::from_millis(
+            reply.heartbeat_interval_ms.clamp(5, 3_600_000),
+        ))
     }
 
     async fn heartbeat(&mut self) -> wire::HeartbeatRequest {
