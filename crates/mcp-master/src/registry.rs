@@ -242,9 +242,16 @@ impl Registry {
         self.read().values().cloned().collect()
     }
 
-    /// The registry as the reconcile planner sees it.
+    /// The registry as the reconcile planner sees it: the nodes that report services
+    /// (a node with none adds nothing to any plan, and most of a large fleet's
+    /// registrations at a master's start are idle nodes). The edge route projection
+    /// will add edges by role when it lands.
     pub fn facts(&self) -> Vec<NodeFacts> {
-        self.read().values().map(NodeEntry::facts).collect()
+        self.read()
+            .values()
+            .filter(|n| !n.services.is_empty())
+            .map(NodeEntry::facts)
+            .collect()
     }
 
     /// Which node runs `service`: the one with its newest copy (SPEC §5), by what the

@@ -23,6 +23,9 @@ use crate::state::MasterState;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Cap of the retry backoff.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Least time between two passes: a storm of registrations (a restarted master with
+/// thousands of agents) coalesces into a few passes instead of one per node.
+pub const MIN_GAP: Duration = Duration::from_millis(25);
 
 /// The loop's handle, shared by the handlers.
 pub struct Reconciler {
