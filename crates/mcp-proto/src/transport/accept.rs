@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::conns::{Conns, Dup, Tracked};
+use super::conns::{Conns, Tracked};
 use super::stopped;
 
 /// How a server admits TLS connections.
@@ -90,7 +90,7 @@ enum Stream {
 /// An accepted TCP connection, plain or TLS, registered for shutdown.
 pub struct ServerConn {
     stream: Stream,
-    _tracked: Tracked,
+    tracked: Tracked,
 }
 
 impl tonic::transport::server::Connected for ServerConn {
@@ -121,7 +121,11 @@ impl AsyncRead for ServerConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if let Some(closed) = this.tracked.poll_read_closed(cx) {
+            return closed;
+        }
+        match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -134,7 +138,11 @@ impl AsyncWrite for ServerConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if let Some(closed) = this.tracked.poll_write_closed(cx) {
+            return closed;
+        }
+        match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -191,18 +199,12 @@ pub(crate) fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let tracked = match Dup::tcp(&tcp) {
-                Ok(dup) => conns.track(dup),
-                Err(e) => {
-                    tracing::warn!(%peer, "refused a connection: duplicate its descriptor: {e}");
-                    continue;
-                }
-            };
+            let tracked = conns.track();
             let Some(tls) = tls.clone() else {
                 drop(permit);
                 let conn = ServerConn {
                     stream: Stream::Plain(tcp),
-                    _tracked: tracked,
+                    tracked,
                 };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
@@ -236,7 +238,7 @@ pub(crate) fn incoming(
                         }
                         let conn = ServerConn {
                             stream: Stream::Tls(Box::new(stream)),
-                            _tracked: tracked,
+                            tracked,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }

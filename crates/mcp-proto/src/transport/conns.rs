@@ -1,43 +1,37 @@
 //! The open server connections, so that shutdown can close them when the grace
-//! period is over. Each accepted socket is registered as a duplicate of its file
-//! descriptor; `shutdown(2)` on the duplicate wakes the connection's task with end
-//! of file, wherever it waits. The duplicate is dropped with the connection, or the
-//! socket would outlive it.
+//! period is over. Each accepted connection gets a switch that its I/O wrapper
+//! (`ServerConn`, `UnixConn`) checks whenever it is polled, with the task's waker
+//! registered: `close_all` flips every switch and wakes the tasks, whose reads then
+//! end as at end of file and whose writes fail, so hyper drops the connection and
+//! the socket closes. No descriptor is duplicated: a connection costs one fd, which
+//! matters at ten thousand agents per master.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Shutdown;
-use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-/// A duplicate of an accepted socket's descriptor.
-#[derive(Debug)]
-pub(crate) enum Dup {
-    Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
+use futures_util::task::AtomicWaker;
+
+/// One connection's switch.
+#[derive(Default)]
+struct Switch {
+    closed: AtomicBool,
+    waker: AtomicWaker,
 }
 
-impl Dup {
-    pub(crate) fn tcp(stream: &tokio::net::TcpStream) -> io::Result<Dup> {
-        Ok(Dup::Tcp(stream.as_fd().try_clone_to_owned()?.into()))
-    }
-
-    pub(crate) fn unix(stream: &tokio::net::UnixStream) -> io::Result<Dup> {
-        Ok(Dup::Unix(stream.as_fd().try_clone_to_owned()?.into()))
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Dup::Tcp(s) => s.shutdown(Shutdown::Both),
-            Dup::Unix(s) => s.shutdown(Shutdown::Both),
-        };
+impl Switch {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.waker.wake();
     }
 }
 
 #[derive(Default)]
 struct Inner {
     next: u64,
-    open: HashMap<u64, Dup>,
+    open: HashMap<u64, Arc<Switch>>,
     /// After `close_all`, connections still arriving are closed at once.
     closed: bool,
 }
@@ -54,26 +48,29 @@ impl Conns {
     }
 
     /// Registers a connection until the returned guard is dropped.
-    pub(crate) fn track(&self, dup: Dup) -> Tracked {
+    pub(crate) fn track(&self) -> Tracked {
         let mut inner = self.lock();
+        let switch = Arc::new(Switch::default());
         if inner.closed {
-            dup.shutdown();
+            switch.close();
         }
         let id = inner.next;
         inner.next += 1;
-        inner.open.insert(id, dup);
+        inner.open.insert(id, switch.clone());
         Tracked {
             conns: self.clone(),
             id,
+            switch,
         }
     }
 
-    /// Shuts down every open connection, and any registered later.
+    /// Closes every open connection, and any registered later; returns how many
+    /// were open.
     pub(crate) fn close_all(&self) -> usize {
         let mut inner = self.lock();
         inner.closed = true;
-        for dup in inner.open.values() {
-            dup.shutdown();
+        for switch in inner.open.values() {
+            switch.close();
         }
         inner.open.len()
     }
@@ -84,10 +81,38 @@ impl Conns {
     }
 }
 
-/// Keeps a connection registered; dropping it releases the duplicate descriptor.
+/// Keeps a connection registered; its I/O wrapper asks it whether to stop.
 pub(crate) struct Tracked {
     conns: Conns,
     id: u64,
+    switch: Arc<Switch>,
+}
+
+impl Tracked {
+    /// True once the server closed this connection; otherwise the task is woken when
+    /// it does.
+    pub(crate) fn closed(&self, cx: &mut Context<'_>) -> bool {
+        if self.switch.closed.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.switch.waker.register(cx.waker());
+        self.switch.closed.load(Ordering::SeqCst)
+    }
+
+    /// What a read returns once closed: end of file.
+    pub(crate) fn poll_read_closed(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        self.closed(cx).then_some(Poll::Ready(Ok(())))
+    }
+
+    /// What a write returns once closed.
+    pub(crate) fn poll_write_closed<T>(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<T>>> {
+        self.closed(cx).then(|| {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the server is shutting down",
+            )))
+        })
+    }
 }
 
 impl Drop for Tracked {

@@ -425,18 +425,32 @@ fn conns_close_what_is_open_and_forget_what_is_dropped() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
         let conns = conns::Conns::default();
-        let client = tokio::net::TcpStream::connect(address).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let tracked = conns.track(conns::Dup::tcp(&server).unwrap());
+        let tracked = std::sync::Arc::new(conns.track());
         assert_eq!(conns.len(), 1);
+        // A task waiting on the connection is woken by close_all.
+        let waiter = {
+            let tracked = tracked.clone();
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                if tracked.closed(cx) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            }))
+        };
+        tokio::task::yield_now().await;
         assert_eq!(conns.close_all(), 1);
-        closed_after(client, Duration::from_secs(1)).await;
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        // One registered after close_all is closed at once.
+        let late = conns.track();
+        assert!(std::future::poll_fn(|cx| std::task::Poll::Ready(late.closed(cx))).await);
+        drop(late);
         drop(tracked);
         assert_eq!(conns.len(), 0);
-        drop(server);
     });
 }
 

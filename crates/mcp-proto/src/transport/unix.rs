@@ -44,7 +44,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
-use super::conns::{Conns, Dup, Tracked};
+use super::conns::{Conns, Tracked};
 use super::dial::UnixConnector;
 use super::{source_chain, stopped, ConnectError};
 
@@ -179,7 +179,7 @@ impl UnixPeer {
 pub struct UnixConn {
     stream: UnixStream,
     peer: UnixPeer,
-    _tracked: Tracked,
+    tracked: Tracked,
 }
 
 impl tonic::transport::server::Connected for UnixConn {
@@ -196,7 +196,11 @@ impl AsyncRead for UnixConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(closed) = this.tracked.poll_read_closed(cx) {
+            return closed;
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -206,7 +210,11 @@ impl AsyncWrite for UnixConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(closed) = this.tracked.poll_write_closed(cx) {
+            return closed;
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -253,17 +261,11 @@ pub(crate) fn incoming(
                     continue;
                 }
             };
-            let tracked = match Dup::unix(&stream) {
-                Ok(dup) => conns.track(dup),
-                Err(e) => {
-                    tracing::warn!(socket = %socket.path.display(), "refused a connection: duplicate its descriptor: {e}");
-                    continue;
-                }
-            };
+            let tracked = conns.track();
             let conn = UnixConn {
                 stream,
                 peer,
-                _tracked: tracked,
+                tracked,
             };
             if tx.send(Ok(conn)).await.is_err() {
                 return;
