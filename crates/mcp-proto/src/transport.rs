@@ -95,7 +95,30 @@ pub fn uri_for(address: &str) -> Result<String, AddressError> {
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(bad("expected host:port with a port in 1-65535"));
     }
+    check_host(host).map_err(|why| bad(&why))?;
     Ok(format!("http://{rest}"))
+}
+
+/// The host of an address: an IPv4 address, an IPv6 address in brackets, or a DNS
+/// name of one or more labels (tailnet short names like `rift` included).
+fn check_host(host: &str) -> Result<(), String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']') {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => Ok(()),
+            _ => Err(format!("{host} is not an IPv6 address in brackets")),
+        };
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if host.len() > 253 {
+        return Err("the host name is longer than 253 characters".to_string());
+    }
+    for label in host.split('.') {
+        mcp_types::name::check_dns_label(&label.to_ascii_lowercase())
+            .map_err(|why| format!("host {host:?}: {why}"))?;
+    }
+    Ok(())
 }
 
 impl ClientTransport {
@@ -335,7 +358,23 @@ mod tests {
             Some("http://127.0.0.11:9443")
         );
         assert_eq!(uri_for("http://a:1/").ok().as_deref(), Some("http://a:1"));
+        for good in [
+            "rift:9444",
+            "Rift.tail1234.ts.net:443",
+            "[::1]:9443",
+            "10.0.0.2:53",
+        ] {
+            assert!(uri_for(good).is_ok(), "{good} should be accepted");
+        }
         for bad in [
+            // Found by the `address` fuzz target: tonic refuses these at connect.
+            "%:1",
+            "[::1:5",
+            "é:1",
+            "{:1",
+            "[rift]:1",
+            "a..b:1",
+            "-a:1",
             "",
             "a",
             "a:0",
