@@ -238,6 +238,25 @@ impl Node {
         }
     }
 
+    /// Brings a restored record's instances back. A runtime may release the host port
+    /// of an instance it just removed a moment later (rootless Podman's port
+    /// forwarder does), so a failed attempt is retried a few times, briefly.
+    async fn converge_again(&self, record: &ServiceRecord) -> anyhow::Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            match self.converge(record, &no_events(), &mut Vec::new()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::info!(service = %record.def.name, attempt, "restore: {e}; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// After a failed deploy: removes the instances it created, restores the previous
     /// desired state and brings the previous instances back (same definition, image
     /// and host ports), or, for a fresh deploy, forgets the service and its
@@ -274,10 +293,7 @@ impl Node {
             return failure;
         };
         let restored = match self.store.put(previous) {
-            Ok(()) => self
-                .converge(previous, &no_events(), &mut Vec::new())
-                .await
-                .map_err(anyhow::Error::from),
+            Ok(()) => self.converge_again(previous).await,
             Err(e) => Err(e.context("restore the previous desired state")),
         };
         let StepError { step: at, error } = failure;
