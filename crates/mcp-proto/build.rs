@@ -1,7 +1,11 @@
 //! Compiles proto/ with protox (no system protoc) into tonic client and server code.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-    let files = ["mcp/agent/v1/agent.proto", "mcp/master/v1/master.proto"];
+    let files = [
+        "mcp/agent/v1/agent.proto",
+        "mcp/master/v1/master.proto",
+        "mcproxy/admin/v1/admin.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={root}/{file}");
     }

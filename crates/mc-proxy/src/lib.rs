@@ -11,7 +11,8 @@ pub mod routes;
 pub mod sni;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod wire;
 
 pub use config::Config;
 pub use proxy::{run, Limits, Proxy, Stats};
-pub use routes::{Backend, Mode, Route, Table};
+pub use routes::{Backend, L7Tls, Mode, Route, Table};

@@ -70,6 +70,32 @@ pub struct Route {
     pub backend_name: Option<String>,
     /// Send a PROXY protocol v2 header to the backend first.
     pub proxy_protocol: bool,
+    /// L7: the public certificate and key (stored, not served yet).
+    pub tls: Option<L7Tls>,
+}
+
+/// An L7 route's PEM material. Debug leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct L7Tls {
+    /// The public certificate chain.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// Roots for the backend's certificate (default: the fleet CA).
+    pub backend_ca_pem: Option<String>,
+}
+
+impl fmt::Debug for L7Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("L7Tls")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &format_args!("<redacted>"))
+            .field(
+                "backend_ca_pem",
+                &self.backend_ca_pem.as_ref().map(String::len),
+            )
+            .finish()
+    }
 }
 
 impl Route {
@@ -81,6 +107,7 @@ impl Route {
             backend_tls: true,
             backend_name: None,
             proxy_protocol: false,
+            tls: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! MCP's wire protocols: the generated gRPC code for `mcp.agent.v1` and `mcp.master.v1`,
+//! MCP's wire protocols: the generated gRPC code for `mcp.agent.v1`, `mcp.master.v1` and
+//! `mcproxy.admin.v1`,
 //! the conversions between wire and domain types (validated at the boundary), and the
 //! transport every process uses to listen and dial. The only crate that re-exports tonic.
 
@@ -22,6 +23,16 @@ pub mod master {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("mcp.master.v1");
+    }
+}
+
+/// `mcproxy.admin.v1`: mc-proxy's admin API on its Unix socket.
+pub mod mcproxy {
+    pub mod admin {
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("mcproxy.admin.v1");
+        }
     }
 }
 
