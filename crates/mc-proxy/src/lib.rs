@@ -11,6 +11,7 @@ pub mod routes;
 pub mod sni;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod store;
 pub mod wire;
 
 pub use config::Config;

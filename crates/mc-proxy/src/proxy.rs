@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::l4::{self, CopyMode};
 use crate::routes::{Mode, Route, Table};
 use crate::sni::{self, Parsed};
+use crate::store::Store;
 
 /// Time to connect to a backend.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -312,15 +313,19 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Binds `config.listen` and serves until `shutdown`. Routes start empty
-/// (every name refused) until the admin API, next, fills them.
+/// Opens `routes.db`, binds `config.listen` and serves the stored routes until
+/// `shutdown`, with no admin call needed after a restart.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let store = Store::open(&config.data_dir)?;
+    let table = store.table()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     // The whole config (it holds no secret), as operators check it at start.
     info!(?config, "mc-proxy serving");
     let proxy = Proxy::new(Limits::from(&config));
+    info!(routes = table.len(), "routes loaded from routes.db");
+    proxy.set_routes(table);
     proxy.serve(listener, shutdown).await;
     Ok(())
 }
