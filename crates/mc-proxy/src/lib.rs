@@ -1,8 +1,10 @@
 //! mc-proxy, the edge proxy of SPEC §7: a pure ClientHello parser (`sni`), a
 //! pure route table (`routes`), its config (`config`), and the L4 passthrough
-//! around them (`proxy` accepts and routes, `l4` forwards). The admin API,
-//! `routes.db` and L7 termination come next.
+//! around them (`proxy` accepts and routes, `l4` forwards), `routes.db`
+//! (`store`) and the admin API (`admin`, its wire conversions in `wire`). L7
+//! termination comes next.
 
+pub mod admin;
 pub mod config;
 pub mod hostname;
 pub mod l4;

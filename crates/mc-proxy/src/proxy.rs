@@ -313,8 +313,9 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Opens `routes.db`, binds `config.listen` and serves the stored routes until
-/// `shutdown`, with no admin call needed after a restart.
+/// Opens `routes.db`, binds `config.listen` and the admin socket, and serves
+/// the stored routes (with no admin call needed after a restart) and the admin
+/// API, sharing one route table, until `shutdown`.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
     let table = store.table()?;
@@ -326,6 +327,23 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let proxy = Proxy::new(Limits::from(&config));
     info!(routes = table.len(), "routes loaded from routes.db");
     proxy.set_routes(table);
-    proxy.serve(listener, shutdown).await;
+    let admin = crate::admin::serve(
+        Arc::clone(&proxy),
+        store,
+        &config.admin_socket,
+        shutdown.clone(),
+    );
+    let serve = proxy.serve(listener, shutdown);
+    tokio::pin!(admin, serve);
+    tokio::select! {
+        r = &mut admin => {
+            // Ended by shutdown (then the proxy ends too) or failed (stop all).
+            r?;
+            serve.await;
+        }
+        () = &mut serve => {
+            admin.await?;
+        }
+    }
     Ok(())
 }
