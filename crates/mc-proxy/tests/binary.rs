@@ -2,18 +2,11 @@
 //! bad config naming the file, serves (an empty route table refuses every name
 //! with unrecognized_name) and ends promptly on SIGTERM.
 
+mod common;
+
+use common::{free_port, Child};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills and reaps the child when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn bad_config_is_refused_with_its_path() {
@@ -40,11 +33,7 @@ fn bad_config_is_refused_with_its_path() {
 #[test]
 fn serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.173:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port("127.0.0.173");
     let listen = format!("127.0.0.173:{port}");
     let path = dir.path().join("proxy.toml");
     let text = format!(

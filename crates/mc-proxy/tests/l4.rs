@@ -4,6 +4,10 @@
 //! transfer, the connection cap, PROXY headers and route swaps. Every process a
 //! test starts is killed by its guard, even when the test fails.
 
+mod common;
+
+use common::{free_port, Child};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -21,16 +25,6 @@ const PROXY_IP: &str = "127.0.0.171";
 const BACKEND_IP: &str = "127.0.0.172";
 /// A ClientHello for x.example recorded from openssl s_client.
 const HELLO: &[u8] = include_bytes!("../testdata/openssl-s_client.bin");
-
-/// Kills and reaps a child process when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn limits(copy: CopyMode) -> Limits {
     Limits {
@@ -98,14 +92,6 @@ async fn echo(s: TcpStream) {
     let (mut r, mut w) = s.into_split();
     let _ = tokio::io::copy(&mut r, &mut w).await;
     let _ = w.shutdown().await;
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A self-signed EC certificate for `cn` in `dir`: (cert, key).
