@@ -3,8 +3,8 @@
 //! s_client` then reaches an `openssl s_server` backend through it, `route list
 //! --json` shows the route, a SIGKILLed proxy serves it again from `routes.db`
 //! with no admin call, `route remove` makes the name unknown, and the exit codes
-//! of bad input (2) and an unreachable socket (3). Every process is killed by its
-//! guard.
+//! of bad input (2), an unreachable socket and a refused caller (3). Every
+//! process is killed by its guard.
 
 mod common;
 
@@ -88,6 +88,18 @@ fn start_proxy(config: &Path) -> Child {
     )
 }
 
+/// Starts mc-proxy and waits for its listener and its admin socket.
+fn start_serving(config: &Path, listen: &str, socket: &Path) -> Child {
+    let proxy = start_proxy(config);
+    wait_listening(listen, "mc-proxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy
+}
+
 fn mc_proxy(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
@@ -119,13 +131,7 @@ fn route_add_serves_survives_sigkill_and_remove() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_backend, backend) = tls_backend(dir.path(), "backend.admin.test");
     let (config, listen, socket) = config(dir.path());
-    let mut proxy = start_proxy(&config);
-    wait_listening(&listen, "mc-proxy");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no admin socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut proxy = start_serving(&config, &listen, &socket);
     let sock = socket.to_str().expect("utf-8 path");
     let mode = std::fs::metadata(&socket)
         .expect("stat socket")
@@ -251,4 +257,39 @@ fn exit_codes() {
         assert_eq!(out.status.code(), Some(want), "{t}");
         assert!(t.contains(says), "{t} lacks {says}");
     }
+}
+
+/// Run as root only: another uid that reaches the socket (opened up here on
+/// purpose) is refused by the server with PermissionDenied, and the CLI exits 3.
+#[test]
+fn another_uid_is_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    if std::fs::metadata(dir.path()).expect("stat").uid() != 0 {
+        eprintln!("skipped: needs root to run the client as another uid");
+        return;
+    }
+    let (config, listen, socket) = config(dir.path());
+    let _proxy = start_serving(&config, &listen, &socket);
+    // The binary where uid 65534 can run it, and a path it can reach.
+    let bin = dir.path().join("mc-proxy");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    for (path, mode) in [
+        (dir.path(), 0o711),
+        (&dir.path().join("run"), 0o711),
+        (&socket, 0o666),
+        (&bin, 0o755),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["route", "list", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("run setpriv");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("uid 65534 may not use"), "{t}");
 }
