@@ -7,24 +7,9 @@ use anyhow::{bail, Context};
 use mcp_types::Arch;
 use serde::Deserialize;
 
-/// What a node does in the fleet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Runs the node's containers and processes.
-    Worker,
-    /// Runs none; programs the local mc-proxy.
-    Edge,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Worker => "worker",
-            Role::Edge => "edge",
-        }
-    }
-}
+/// What a node does in the fleet: `worker` runs containers and processes; `edge`
+/// runs none and programs the local mc-proxy.
+pub use mcp_types::Role;
 
 /// Which runtime runs `container` components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -36,7 +36,7 @@ fn definition(dir: &Path, service: &str, binary: &Path, extra: &str) -> String {
     path.display().to_string()
 }
 
-/// (node, generation) of every copy of `service` the master knows, from `mcp status`.
+/// The nodes of every copy of `service` the master knows, from `mcp status`, sorted.
 fn copies(fleet: &Fleet, service: &str) -> Vec<String> {
     let status = fleet.mcp_json(&["status"]).unwrap();
     let mut nodes: Vec<String> = status["services"]

@@ -139,7 +139,7 @@ fn scenario(runtime: Runtime, node: &str, ip: &str) {
     assert!(serves(&address, &hello));
     let logs = mcp_ok(&fleet, &["logs", &service, "--tail", "50"]);
     assert!(logs.contains("listening on"), "logs: {logs}");
-    follow_logs(&fleet, &service, &address);
+    follow_logs_sees_a_request(&fleet, &service, &address);
 
     // Drift: the container stopped behind MCP's back shows in `mcp status`; `start`
     // brings it back. (The exec supervisor restarts its process itself.)
@@ -227,24 +227,8 @@ fn scenario(runtime: Runtime, node: &str, ip: &str) {
 }
 
 /// `mcp logs -f` shows a request made after it started.
-fn follow_logs(fleet: &Fleet, service: &str, address: &str) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(fleet.bin.path("mcp"))
-        .arg("--config")
-        .arg(fleet.spec.dir.join("mcp.toml"))
-        .args(["logs", "-f", service])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+fn follow_logs_sees_a_request(fleet: &Fleet, service: &str, address: &str) {
+    let (mut child, rx) = follow_logs(fleet, service);
     // Drain what was there before, then make one request and wait for its line.
     let mut before = 0;
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(700)) {

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use mcp_local_fleet::NodeSpec;
@@ -18,24 +18,7 @@ const BOUND: Duration = Duration::from_secs(5);
 /// Starts `mcp logs -f SERVICE` and waits until it has printed a line, so the
 /// stream is open end to end.
 fn follow(fleet: &Fleet) -> Child {
-    use std::io::BufRead;
-    let mut child = Command::new(fleet.bin.path("mcp"))
-        .arg("--config")
-        .arg(fleet.spec.dir.join("mcp.toml"))
-        .args(["logs", "-f", SERVICE])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, rx) = follow_logs(fleet, SERVICE);
     assert!(
         rx.recv_timeout(Duration::from_secs(10)).is_ok(),
         "logs -f printed nothing"

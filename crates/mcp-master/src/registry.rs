@@ -232,6 +232,11 @@ impl Registry {
         }
     }
 
+    /// Is `name` registered?
+    pub fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
     /// A copy of one node.
     pub fn node(&self, name: &str) -> Option<NodeEntry> {
         self.read().get(name).cloned()

@@ -57,7 +57,7 @@ impl MasterState {
             .config
             .bootstrap_nodes
             .iter()
-            .filter(|b| self.registry.node(&b.name).is_none())
+            .filter(|b| !self.registry.contains(&b.name))
             .map(|b| b.name.clone())
             .collect();
         if missing.is_empty() && !self.config.bootstrap_nodes.is_empty() {

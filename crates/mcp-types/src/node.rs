@@ -5,7 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a node is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Runs services.
     Worker,

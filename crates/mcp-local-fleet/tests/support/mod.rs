@@ -263,3 +263,30 @@ impl Drop for DevGuard {
         }
     }
 }
+
+/// Starts `mcp logs -f SERVICE` against the fleet; its stdout lines arrive on the
+/// receiver (read by a thread, so the CLI never blocks on a full pipe).
+pub fn follow_logs(
+    fleet: &Fleet,
+    service: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(fleet.bin.path("mcp"))
+        .arg("--config")
+        .arg(fleet.spec.dir.join("mcp.toml"))
+        .args(["logs", "-f", service])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
