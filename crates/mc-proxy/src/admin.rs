@@ -76,7 +76,7 @@ impl Admin {
     ) -> Result<T, Status> {
         let mut store = self.store();
         let done = commit(&mut store).map_err(|e| Status::internal(format!("{e:#}")))?;
-        let mut table = (*self.proxy.routes()).clone();
+        let mut table = self.proxy.routes().table.clone();
         edit(&mut table).map_err(|e| Status::internal(e.to_string()))?;
         self.proxy.set_routes(table);
         Ok(done)
@@ -95,6 +95,9 @@ impl admin_server::Admin for Admin {
             .route
             .ok_or_else(|| Status::invalid_argument("route: missing"))?;
         let (pattern, route) = route_from_wire(&w).map_err(Status::invalid_argument)?;
+        self.proxy
+            .check(&pattern, &route)
+            .map_err(|e| Status::invalid_argument(format!("route {pattern}: {e}")))?;
         let replaced = self.change(
             |store| store.put(&pattern, &route),
             |table| table.insert(&pattern.to_string(), route.clone()),
@@ -124,8 +127,9 @@ impl admin_server::Admin for Admin {
         request: Request<wire::ListRoutesRequest>,
     ) -> Result<Response<wire::ListRoutesReply>, Status> {
         self.check(&request)?;
-        let table = self.proxy.routes();
-        let routes = table
+        let live = self.proxy.routes();
+        let routes = live
+            .table
             .routes()
             .into_iter()
             .map(|(p, r)| route_to_wire(&p, r, false))
@@ -138,7 +142,7 @@ impl admin_server::Admin for Admin {
         request: Request<wire::HealthRequest>,
     ) -> Result<Response<wire::HealthReply>, Status> {
         self.check(&request)?;
-        let routes = u32::try_from(self.proxy.routes().len()).unwrap_or(u32::MAX);
+        let routes = u32::try_from(self.proxy.routes().table.len()).unwrap_or(u32::MAX);
         Ok(Response::new(wire::HealthReply {
             status: "ok".into(),
             routes,
@@ -211,8 +215,10 @@ mod tests {
             max_connections: 4,
             handshake_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
+            drain_timeout: std::time::Duration::from_secs(1),
             copy: Default::default(),
-        });
+        })
+        .expect("proxy");
         let path = dir.path().join("run/admin.sock");
         let (stop, rx) = watch::channel(false);
         let (p, at) = (Arc::clone(&proxy), path.clone());
@@ -237,7 +243,7 @@ mod tests {
         assert!(!r.into_inner().replaced);
         let r = client.add_route(route("a.example.com")).await.expect("add");
         assert!(r.into_inner().replaced);
-        assert!(proxy.routes().lookup("a.example.com").is_some());
+        assert!(proxy.routes().table.lookup("a.example.com").is_some());
         let e = client.add_route(route("bad name")).await.expect_err("bad");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("bad name"), "{}", e.message());
@@ -263,7 +269,7 @@ mod tests {
             .await
             .expect("remove");
         assert!(r.into_inner().removed);
-        assert!(proxy.routes().is_empty());
+        assert!(proxy.routes().table.is_empty());
         stop.send(true).expect("stop");
         server.await.expect("join").expect("serve");
         // Committed: a reopened store holds nothing.

@@ -18,6 +18,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default `idle_timeout`: a connection with no byte either way is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `drain_timeout`: after SIGTERM, time for open connections to end.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound of `drain_timeout`.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Upper bound of `idle_timeout`.
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(86_400);
 
@@ -42,6 +46,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "serde_duration")]
     pub idle_timeout: Duration,
+    /// After SIGTERM (or a handover to a new mc-proxy), how long open
+    /// connections may go on before they are cut.
+    #[serde(default = "default_drain_timeout", with = "serde_duration")]
+    pub drain_timeout: Duration,
 }
 
 fn default_max_connections() -> usize {
@@ -52,6 +60,9 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     DEFAULT_IDLE_TIMEOUT
+}
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
 }
 
 /// Why a config was refused; `origin` is the file (or what stood for it).
@@ -97,6 +108,7 @@ impl Config {
             MAX_HANDSHAKE_TIMEOUT,
         )?;
         check_duration("idle_timeout", self.idle_timeout, MAX_IDLE_TIMEOUT)?;
+        check_duration("drain_timeout", self.drain_timeout, MAX_DRAIN_TIMEOUT)?;
         let mut seen = vec![("listen", self.listen)];
         for (key, addr) in [
             ("http_listen", self.http_listen),
@@ -150,6 +162,7 @@ data_dir = "/srv/mc-proxy"
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
         assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
         assert_eq!(c.http_listen, None);
         assert_eq!(c.metrics_listen, None);
     }
@@ -162,6 +175,8 @@ data_dir = "/srv/mc-proxy"
             ("handshake_timeout = \"0s\"", Err("t: handshake_timeout: must be above zero")),
             ("handshake_timeout = \"6m\"", Err("t: handshake_timeout: 6m is above the limit of 5m")),
             ("idle_timeout = \"2d\"", Err("t: idle_timeout: 2d is above the limit of 1d")),
+            ("drain_timeout = \"0s\"", Err("t: drain_timeout: must be above zero")),
+            ("drain_timeout = \"30s\"", Ok(())),
             ("max_connections = 0", Err("t: max_connections: 0 is not from 1 to 1000000")),
             ("max_connections = 2000000", Err("t: max_connections: 2000000 is not from 1 to 1000000")),
             ("metrics_listen = \"127.0.0.171:443\"", Err("t: metrics_listen: 127.0.0.171:443 is also listen")),

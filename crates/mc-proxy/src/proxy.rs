@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,13 +18,15 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument as _};
 
 use crate::config::Config;
-use crate::l4::{self, CopyMode};
+use crate::l4::{self, Activity, CopyMode};
+use crate::l7::{self, L7Route};
+use crate::metrics::{Metrics, Refusal};
 use crate::routes::{Mode, Route, Table};
 use crate::sni::{self, Parsed};
 use crate::store::Store;
 
 /// Time to connect to a backend.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const DIAL_TIMEOUT: Duration = l7::DIAL_TIMEOUT;
 /// Time to deliver an alert and see the client go, before closing anyway.
 const ALERT_LINGER: Duration = Duration::from_secs(1);
 
@@ -35,6 +36,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// After SIGTERM, how long open connections may finish.
+    pub drain_timeout: Duration,
     pub copy: CopyMode,
 }
 
@@ -44,80 +47,137 @@ impl From<&Config> for Limits {
             max_connections: c.max_connections,
             handshake_timeout: c.handshake_timeout,
             idle_timeout: c.idle_timeout,
+            drain_timeout: c.drain_timeout,
             copy: CopyMode::default(),
         }
     }
 }
 
-/// Counters since start.
-#[derive(Debug, Default)]
-struct Counters {
-    accepted: AtomicU64,
-    handshake_timeouts: AtomicU64,
-    refused: AtomicU64,
-    dials: AtomicU64,
-}
-
-/// A snapshot of the counters.
+/// A snapshot of the main counters (the rest are in `metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Connections accepted.
     pub accepted: u64,
     /// Cut for not sending a whole ClientHello in time.
     pub handshake_timeouts: u64,
-    /// Answered with an alert (unknown or missing name, bad hello, no L7 yet).
+    /// Ended before forwarding for any other reason (alerts, TLS failures).
     pub refused: u64,
-    /// Backend connections attempted.
+    /// L4 backend connections attempted.
     pub dials: u64,
 }
 
-/// The proxy: its limits, the current route table and counters.
-pub struct Proxy {
-    limits: Limits,
-    routes: RwLock<Arc<Table>>,
-    counters: Counters,
+/// What connections are routed by: the route table and, for its L7 routes,
+/// their loaded certificates and backend pools. Swapped whole.
+#[derive(Default)]
+pub struct Live {
+    pub table: Table,
+    pub l7: Table<Arc<L7Route>>,
+    /// Every route's counters (by pattern, so a wildcard has one set).
+    counters: Table<Arc<crate::metrics::RouteCounters>>,
 }
 
-impl Proxy {
-    pub fn new(limits: Limits) -> Arc<Proxy> {
-        Arc::new(Proxy {
-            limits,
-            routes: RwLock::new(Arc::new(Table::new())),
-            counters: Counters::default(),
-        })
-    }
+/// The live routes, shared by the proxy and the TLS certificate resolver.
+#[derive(Default)]
+struct Shared(RwLock<Arc<Live>>);
 
-    /// Replaces the route table; connections accepted from now on use it.
-    pub fn set_routes(&self, table: Table) {
-        let table = Arc::new(table);
-        match self.routes.write() {
-            Ok(mut guard) => *guard = table,
-            Err(poisoned) => *poisoned.into_inner() = table,
-        }
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("live routes")
     }
+}
 
-    /// The current route table.
-    pub fn routes(&self) -> Arc<Table> {
-        match self.routes.read() {
+impl Shared {
+    fn get(&self) -> Arc<Live> {
+        match self.0.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
+    fn set(&self, live: Live) {
+        let live = Arc::new(live);
+        match self.0.write() {
+            Ok(mut guard) => *guard = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+}
+
+/// The proxy: its limits, the live routes and the counters.
+pub struct Proxy {
+    limits: Limits,
+    live: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl Proxy {
+    pub fn new(limits: Limits) -> anyhow::Result<Arc<Proxy>> {
+        let live = Arc::new(Shared::default());
+        let from = Arc::clone(&live);
+        let resolver =
+            l7::Resolver(move |name: &str| from.get().l7.lookup(name).map(|r| Arc::clone(&r.key)));
+        let tls = l7::server_config(Arc::new(resolver)).context("L7 TLS config")?;
+        Ok(Arc::new(Proxy {
+            limits,
+            live,
+            metrics: Arc::new(Metrics::default()),
+            tls,
+        }))
+    }
+
+    /// Replaces the route table; connections accepted from now on use it. L7
+    /// routes that did not change keep their loaded state and backend pools.
+    pub fn set_routes(&self, table: Table) {
+        let old = self.live.get();
+        let l7 = l7::build_all(&table, Some(&old.l7), &self.metrics);
+        let mut counters = Table::new();
+        for (pattern, _) in table.routes() {
+            let c = self.metrics.route(&pattern);
+            counters.insert_pattern(pattern, c);
+        }
+        self.live.set(Live {
+            table,
+            l7,
+            counters,
+        });
+    }
+
+    /// The live routes.
+    pub fn routes(&self) -> Arc<Live> {
+        self.live.get()
+    }
+
+    /// Checks that a route can be served (an L7 route's certificate, key and
+    /// backend roots load), without changing anything.
+    pub fn check(&self, pattern: &crate::routes::Pattern, route: &Route) -> Result<(), String> {
+        match route.mode {
+            Mode::L4 => Ok(()),
+            Mode::L7 => L7Route::build(pattern, route, &Metrics::default()).map(drop),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
 
     pub fn stats(&self) -> Stats {
-        let c = &self.counters;
+        let m = &self.metrics;
+        let timeouts = m.refused_total(Refusal::HandshakeTimeout);
         Stats {
-            accepted: c.accepted.load(Ordering::Relaxed),
-            handshake_timeouts: c.handshake_timeouts.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
-            dials: c.dials.load(Ordering::Relaxed),
+            accepted: m.accepted_total(),
+            handshake_timeouts: timeouts,
+            refused: m.refused_all() - timeouts,
+            dials: m.dials_total(),
         }
     }
 
     /// Accepts on `listener` until `shutdown` turns true (or its sender goes);
-    /// open connections are then closed too.
+    /// then stops accepting and lets open connections finish for up to
+    /// `drain_timeout` (L7 connections are asked to close after their current
+    /// request) before cutting the rest.
     pub async fn serve(self: &Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let (cut_tx, cut_rx) = watch::channel(false);
         let mut stop = shutdown.clone();
         loop {
             // At the cap, stop accepting: new clients wait in the kernel backlog.
@@ -126,7 +186,7 @@ impl Proxy {
                     Ok(p) => p,
                     Err(_) => return, // never closed
                 },
-                () = stopped(&mut stop) => return,
+                () = stopped(&mut stop) => break,
             };
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -138,31 +198,59 @@ impl Proxy {
                         continue;
                     }
                 },
-                () = stopped(&mut stop) => return,
+                () = stopped(&mut stop) => break,
             };
-            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            let open = self.metrics.accepted();
             let this = Arc::clone(self);
-            let mut stop = shutdown.clone();
+            let drain = shutdown.clone();
+            let mut cut = cut_rx.clone();
             let span = tracing::debug_span!("connection", %peer);
             tokio::spawn(
                 async move {
                     tokio::select! {
-                        () = this.connection(stream, peer) => {}
-                        () = stopped(&mut stop) => {}
+                        () = this.connection(stream, peer, drain) => {}
+                        () = stopped(&mut cut) => {}
                     }
+                    drop(open);
                     drop(permit);
                 }
                 .instrument(span),
             );
         }
+        drop(listener);
+        let max = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let open = self.metrics.open_now();
+        if open > 0 {
+            info!(open, deadline = ?self.limits.drain_timeout, "draining open connections");
+        }
+        let drained =
+            tokio::time::timeout(self.limits.drain_timeout, slots.acquire_many(max)).await;
+        match drained {
+            Ok(_) => {}
+            Err(_) => {
+                let open = self.metrics.open_now();
+                info!(open, "drain deadline passed: closing the rest");
+                let _ = cut_tx.send(true);
+                // Let the cut tasks run their drops.
+                let _ = tokio::time::timeout(Duration::from_secs(1), slots.acquire_many(max)).await;
+            }
+        };
     }
 
-    /// One client connection, from its first byte to its close.
-    async fn connection(&self, mut client: TcpStream, peer: SocketAddr) {
+    /// One client connection, from its first byte to its close. `drain` turns
+    /// true when the proxy stops: an L4 copy then goes on to its end (or the
+    /// deadline), an L7 connection closes after its current requests.
+    async fn connection(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        drain: watch::Receiver<bool>,
+    ) {
         // Forwarded bytes go out as they come; TLS does its own batching.
         if let Err(e) = client.set_nodelay(true) {
             debug!(%peer, error = %e, "set TCP_NODELAY");
         }
+        let started = tokio::time::Instant::now();
         let (hello, parsed) = match tokio::time::timeout(
             self.limits.handshake_timeout,
             read_hello(&mut client),
@@ -175,9 +263,7 @@ impl Proxy {
                 return;
             }
             Err(_) => {
-                self.counters
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused(Refusal::HandshakeTimeout);
                 debug!(%peer, timeout = ?self.limits.handshake_timeout, "no whole ClientHello in time");
                 return;
             }
@@ -186,40 +272,74 @@ impl Proxy {
             Parsed::Found(host) => host,
             Parsed::NoSni => {
                 return self
-                    .refuse(client, peer, sni::ALERT_UNRECOGNIZED_NAME, "no server name")
+                    .refuse(
+                        client,
+                        peer,
+                        Refusal::NoSni,
+                        sni::ALERT_UNRECOGNIZED_NAME,
+                        "no server name",
+                    )
                     .await
             }
             Parsed::Invalid(reason) => {
                 return self
-                    .refuse(client, peer, sni::ALERT_DECODE_ERROR, reason)
+                    .refuse(
+                        client,
+                        peer,
+                        Refusal::BadHello,
+                        sni::ALERT_DECODE_ERROR,
+                        reason,
+                    )
                     .await
             }
             Parsed::NeedMore => return, // read_hello never returns it
         };
-        let Some(route) = self.routes().lookup(&host).cloned() else {
-            return self
-                .refuse(client, peer, sni::ALERT_UNRECOGNIZED_NAME, "no route")
-                .await;
-        };
-        if route.mode == Mode::L7 {
+        let live = self.routes();
+        let Some(route) = live.table.lookup(&host).cloned() else {
             return self
                 .refuse(
                     client,
                     peer,
-                    sni::ALERT_INTERNAL_ERROR,
-                    "l7 routes are not served yet",
+                    Refusal::UnknownName,
+                    sni::ALERT_UNRECOGNIZED_NAME,
+                    "no route",
                 )
                 .await;
+        };
+        if route.mode == Mode::L7 {
+            let Some(l7) = live.l7.lookup(&host).cloned() else {
+                return self
+                    .refuse(
+                        client,
+                        peer,
+                        Refusal::NotServed,
+                        sni::ALERT_INTERNAL_ERROR,
+                        "the l7 route's certificate could not be loaded",
+                    )
+                    .await;
+            };
+            drop(live);
+            let left = self
+                .limits
+                .handshake_timeout
+                .saturating_sub(started.elapsed());
+            return self.terminate(client, hello, peer, l7, left, drain).await;
         }
-        self.counters.dials.fetch_add(1, Ordering::Relaxed);
+        let counters = live.counters.lookup(&host).cloned();
+        drop(live);
+        self.metrics.dialled();
         let backend = match self.dial(&route, &hello, peer, &client).await {
             Ok(b) => b,
             Err(e) => {
+                if let Some(c) = counters {
+                    c.dial_error();
+                }
                 warn!(%peer, %host, backend = %route.backend, error = %e, "dial backend");
                 return self
                     .refuse(
                         client,
                         peer,
+                        Refusal::BackendUnreachable,
                         sni::ALERT_INTERNAL_ERROR,
                         "backend unreachable",
                     )
@@ -227,9 +347,53 @@ impl Proxy {
             }
         };
         match l4::forward(client, backend, self.limits.idle_timeout, self.limits.copy).await {
-            Ok(moved) => debug!(%peer, %host, ?moved, "connection done"),
+            Ok(moved) => {
+                self.metrics.received(moved.to_backend as usize);
+                self.metrics.sent(moved.to_client as usize);
+                debug!(%peer, %host, ?moved, "connection done")
+            }
             Err(e) => debug!(%peer, %host, error = %e, "connection ended"),
         }
+    }
+
+    /// L7: finishes the TLS handshake (within what is left of the handshake
+    /// timeout) and serves HTTP on it.
+    async fn terminate(
+        &self,
+        client: TcpStream,
+        hello: Vec<u8>,
+        peer: SocketAddr,
+        route: Arc<L7Route>,
+        left: Duration,
+        mut drain: watch::Receiver<bool>,
+    ) {
+        let local = match client.local_addr() {
+            Ok(a) => a,
+            Err(e) => return debug!(%peer, error = %e, "local address"),
+        };
+        let activity = Arc::new(Activity::new());
+        let io = l7::ClientIo::new(
+            hello,
+            client,
+            Arc::clone(&activity),
+            Arc::clone(&self.metrics),
+        );
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.tls));
+        let tls = match tokio::time::timeout(left, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.metrics.refused(Refusal::Tls);
+                return debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.metrics.refused(Refusal::HandshakeTimeout);
+                return debug!(%peer, "TLS handshake not done in time");
+            }
+        };
+        l7::serve(tls, route, peer, local, activity, self.limits, async move {
+            stopped(&mut drain).await
+        })
+        .await;
     }
 
     /// Connects to the route's backend and sends it what it must see first: the
@@ -260,9 +424,16 @@ impl Proxy {
     }
 
     /// Sends a fatal alert and closes, letting the client read it first.
-    async fn refuse(&self, mut client: TcpStream, peer: SocketAddr, alert: u8, why: &str) {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        debug!(%peer, alert, why, "refused");
+    async fn refuse(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        why: Refusal,
+        alert: u8,
+        text: &str,
+    ) {
+        self.metrics.refused(why);
+        debug!(%peer, alert, why = text, "refused");
         let linger = async {
             client.write_all(&sni::alert(alert)).await?;
             client.shutdown().await?;
@@ -309,24 +480,62 @@ async fn read_hello(client: &mut TcpStream) -> io::Result<(Vec<u8>, Parsed)> {
 }
 
 /// Resolves when the shutdown flag is true or its sender is gone.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Opens `routes.db`, binds `config.listen` and the admin socket, and serves
-/// the stored routes (with no admin call needed after a restart) and the admin
-/// API, sharing one route table, until `shutdown`.
+/// Opens `routes.db`, binds `config.listen` (and `http_listen`,
+/// `metrics_listen` when set) and the admin socket, and serves the stored
+/// routes (with no admin call needed after a restart) and the admin API,
+/// sharing one route table, until `shutdown`; then drains.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
     let table = store.table()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
+    let bind_opt = |key: &'static str, addr: Option<SocketAddr>| async move {
+        match addr {
+            None => Ok(None),
+            Some(a) => TcpListener::bind(a)
+                .await
+                .map(Some)
+                .with_context(|| format!("{key} {a}")),
+        }
+    };
+    let http = bind_opt("http_listen", config.http_listen).await?;
+    let metrics = bind_opt("metrics_listen", config.metrics_listen).await?;
     // The whole config (it holds no secret), as operators check it at start.
     info!(?config, "mc-proxy serving");
-    let proxy = Proxy::new(Limits::from(&config));
-    info!(routes = table.len(), "routes loaded from routes.db");
+    let proxy = Proxy::new(Limits::from(&config))?;
+    info!(
+        routes = table.len(),
+        l7 = table
+            .routes()
+            .iter()
+            .filter(|(_, r)| r.mode == Mode::L7)
+            .count(),
+        "routes loaded from routes.db"
+    );
     proxy.set_routes(table);
+    let mut side = Vec::new();
+    if let Some(l) = http {
+        let port = config.listen.port();
+        side.push(tokio::spawn(crate::plain::serve(
+            "http_listen",
+            l,
+            crate::plain::redirect_handler(port),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(l) = metrics {
+        side.push(tokio::spawn(crate::plain::serve(
+            "metrics_listen",
+            l,
+            crate::plain::metrics_handler(Arc::clone(proxy.metrics())),
+            shutdown.clone(),
+        )));
+    }
     let admin = crate::admin::serve(
         Arc::clone(&proxy),
         store,
@@ -335,15 +544,18 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     );
     let serve = proxy.serve(listener, shutdown);
     tokio::pin!(admin, serve);
-    tokio::select! {
+    let result = tokio::select! {
         r = &mut admin => {
             // Ended by shutdown (then the proxy ends too) or failed (stop all).
-            r?;
-            serve.await;
+            if r.is_ok() {
+                serve.await;
+            }
+            r
         }
-        () = &mut serve => {
-            admin.await?;
-        }
+        () = &mut serve => admin.await,
+    };
+    for task in side {
+        task.abort();
     }
-    Ok(())
+    result
 }

@@ -15,7 +15,7 @@ use crate::hostname;
 pub enum Mode {
     /// Bytes copied unchanged both ways; the backend holds its own TLS.
     L4,
-    /// TLS terminated here, HTTP forwarded (not served yet).
+    /// TLS terminated here, HTTP/1.1 and HTTP/2 forwarded to the backend.
     L7,
 }
 
@@ -70,7 +70,7 @@ pub struct Route {
     pub backend_name: Option<String>,
     /// Send a PROXY protocol v2 header to the backend first.
     pub proxy_protocol: bool,
-    /// L7: the public certificate and key (stored, not served yet).
+    /// L7: the public certificate and key, and the backend's roots.
     pub tls: Option<L7Tls>,
 }
 
@@ -127,12 +127,22 @@ pub enum RouteError {
     },
 }
 
-/// A route table. Insert replaces the route of the same pattern.
-#[derive(Clone, Debug, Default)]
-pub struct Table {
-    exact: HashMap<String, Route>,
+/// A route table (or any value kept per hostname pattern, as the L7 state is).
+/// Insert replaces the entry of the same pattern.
+#[derive(Clone, Debug)]
+pub struct Table<T = Route> {
+    exact: HashMap<String, T>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, Route>,
+    wildcard: HashMap<String, T>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        }
+    }
 }
 
 /// A hostname pattern, validated: an exact name, or `*.` and a name of at least
@@ -169,19 +179,24 @@ impl fmt::Display for Pattern {
     }
 }
 
-impl Table {
-    pub fn new() -> Table {
+impl<T> Table<T> {
+    pub fn new() -> Table<T> {
         Table::default()
     }
 
     /// Adds or replaces the route for `pattern` (`a.example.com` or
     /// `*.example.com`).
-    pub fn insert(&mut self, pattern: &str, route: Route) -> Result<(), RouteError> {
-        match Pattern::parse(pattern)? {
+    pub fn insert(&mut self, pattern: &str, route: T) -> Result<(), RouteError> {
+        self.insert_pattern(Pattern::parse(pattern)?, route);
+        Ok(())
+    }
+
+    /// Adds or replaces the entry for a parsed pattern.
+    pub fn insert_pattern(&mut self, pattern: Pattern, route: T) {
+        match pattern {
             Pattern::Exact(h) => self.exact.insert(h, route),
             Pattern::Wildcard(s) => self.wildcard.insert(s, route),
         };
-        Ok(())
     }
 
     /// Removes the route for `pattern`; whether there was one.
@@ -193,12 +208,20 @@ impl Table {
     }
 
     /// The route for `host` (as the SNI parser returns it: lowercase).
-    pub fn lookup(&self, host: &str) -> Option<&Route> {
+    pub fn lookup(&self, host: &str) -> Option<&T> {
         if let Some(r) = self.exact.get(host) {
             return Some(r);
         }
         let (_, parent) = host.split_once('.')?;
         self.wildcard.get(parent)
+    }
+
+    /// The entry stored for exactly `pattern` (no wildcard matching).
+    pub fn get(&self, pattern: &Pattern) -> Option<&T> {
+        match pattern {
+            Pattern::Exact(h) => self.exact.get(h),
+            Pattern::Wildcard(s) => self.wildcard.get(s),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -210,8 +233,8 @@ impl Table {
     }
 
     /// Every route with its pattern, sorted by pattern.
-    pub fn routes(&self) -> Vec<(Pattern, &Route)> {
-        let mut all: Vec<(Pattern, &Route)> = self
+    pub fn routes(&self) -> Vec<(Pattern, &T)> {
+        let mut all: Vec<(Pattern, &T)> = self
             .exact
             .iter()
             .map(|(h, r)| (Pattern::Exact(h.clone()), r))
@@ -223,6 +246,19 @@ impl Table {
             .collect();
         all.sort_by_key(|(p, _)| p.to_string());
         all
+    }
+}
+
+impl Pattern {
+    /// Whether `host` (lowercase, no port) is this pattern's name or, for a
+    /// wildcard, one label under it.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Pattern::Exact(h) => h == host,
+            Pattern::Wildcard(s) => host
+                .split_once('.')
+                .is_some_and(|(label, parent)| !label.is_empty() && parent == s),
+        }
     }
 }
 

@@ -31,6 +31,7 @@ fn limits(copy: CopyMode) -> Limits {
         max_connections: 64,
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(2),
         copy,
     }
 }
@@ -45,7 +46,7 @@ struct Running {
 async fn start_proxy(limits: Limits, table: Table) -> Running {
     let listener = TcpListener::bind((PROXY_IP, 0)).await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
-    let proxy = Proxy::new(limits);
+    let proxy = Proxy::new(limits).expect("proxy");
     proxy.set_routes(table);
     let (stop, rx) = watch::channel(false);
     let p = Arc::clone(&proxy);

@@ -1,0 +1,641 @@
+//! L7 termination end to end on loopback (127.0.0.201-203): curl over HTTP/1.1
+//! and HTTP/2 through mc-proxy to a hyper backend, plain and over TLS verified
+//! against a fleet CA; the forwarded headers the backend sees; a WebSocket echo;
+//! a backend whose certificate names another host (502); 100 MB through L7 and
+//! L4 while routes change; and the drain at shutdown. Public and fleet
+//! certificates come from two `mcp_pki` CAs, as on a real edge.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mc_proxy::l4::CopyMode;
+use mc_proxy::routes::L7Tls;
+use mc_proxy::{Backend, Limits, Mode, Proxy, Route, Table};
+use mcp_pki::ca::Ca;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const PROXY_IP: &str = "127.0.0.201";
+const BACKEND_IP: &str = "127.0.0.202";
+const HOST: &str = "app.example";
+
+fn limits() -> Limits {
+    Limits {
+        max_connections: 256,
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(5),
+        copy: CopyMode::Splice,
+    }
+}
+
+/// The public CA (for the edge's certificate) and the fleet CA (for backends),
+/// in a temp dir, with the public CA's certificate written for curl.
+struct Pki {
+    dir: tempfile::TempDir,
+    public: Ca,
+    fleet: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let public = Ca::create(&dir.path().join("public")).expect("public CA");
+        let fleet = Ca::create(&dir.path().join("fleet")).expect("fleet CA");
+        std::fs::write(dir.path().join("public-ca.pem"), public.cert_pem()).expect("write");
+        Pki { dir, public, fleet }
+    }
+    fn public_ca(&self) -> PathBuf {
+        self.dir.path().join("public-ca.pem")
+    }
+    /// An L7 route to `backend` with a public certificate for HOST.
+    fn route(&self, backend: SocketAddr, tls_name: Option<&str>) -> Route {
+        let cert = self
+            .public
+            .issue(
+                &[HOST.to_string(), format!("*.{HOST}")],
+                Duration::from_secs(3600),
+            )
+            .expect("issue public");
+        Route {
+            backend: Backend::Addr(backend),
+            mode: Mode::L7,
+            backend_tls: tls_name.is_some(),
+            backend_name: tls_name.map(str::to_string),
+            proxy_protocol: false,
+            tls: Some(L7Tls {
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem.expose().to_string(),
+                backend_ca_pem: tls_name.map(|_| self.fleet.cert_pem().to_string()),
+            }),
+        }
+    }
+}
+
+/// A running proxy; dropping it stops it.
+struct Running {
+    proxy: Arc<Proxy>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_proxy(limits: Limits, table: Table) -> Running {
+    let listener = TcpListener::bind((PROXY_IP, 0)).await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let proxy = Proxy::new(limits).expect("proxy");
+    proxy.set_routes(table);
+    let (stop, rx) = watch::channel(false);
+    let p = Arc::clone(&proxy);
+    let task = tokio::spawn(async move { p.serve(listener, rx).await });
+    Running {
+        proxy,
+        addr,
+        stop,
+        task,
+    }
+}
+
+fn one(name: &str, route: Route) -> Table {
+    let mut t = Table::new();
+    t.insert(name, route).expect("route");
+    t
+}
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|e| match e {}).boxed()
+}
+
+/// `len` bytes of the /big body from offset `from` (byte i is i mod 251), cut
+/// from one shared block so a debug build streams 100 MB quickly.
+fn pattern_chunk(from: u64, len: usize) -> Bytes {
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let block = BLOCK.get_or_init(|| {
+        (0..251 + 64 * 1024u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    });
+    let at = (from % 251) as usize;
+    block.slice(at..at + len.min(64 * 1024))
+}
+
+fn pattern_sha256(n: u64) -> String {
+    let mut h = Sha256::new();
+    let mut at = 0;
+    while at < n {
+        let len = (n - at).min(64 * 1024);
+        h.update(pattern_chunk(at, len as usize));
+        at += len;
+    }
+    hex::encode(h.finalize())
+}
+
+/// The backend's answers: `/headers` echoes the request head; `/big?N` streams
+/// N pattern bytes; `/echo` streams the request body back; `/ws` is a
+/// WebSocket echo; `/slow` answers after a second.
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    Ok(match path.as_str() {
+        "/headers" => {
+            let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(text))
+        }
+        "/big" => {
+            let n: u64 = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
+            let stream = futures_util::stream::unfold(0u64, move |at| async move {
+                if at >= n {
+                    return None;
+                }
+                let len = (n - at).min(64 * 1024);
+                Some((
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(pattern_chunk(
+                        at,
+                        len as usize,
+                    ))),
+                    at + len,
+                ))
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut()
+                .insert("content-length", n.to_string().parse().expect("value"));
+            r
+        }
+        "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Response::new(full("slow done\n"))
+        }
+        "/ws" => {
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = upgrade.await {
+                    ws_echo(TokioIo::new(up)).await;
+                }
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", ws_accept(&key))
+                .body(full(""))
+                .expect("response")
+        }
+        _ => Response::builder()
+            .status(404)
+            .body(full("no\n"))
+            .expect("response"),
+    })
+}
+
+/// RFC 6455's Sec-WebSocket-Accept for a key.
+fn ws_accept(key: &str) -> String {
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64(digest.as_ref())
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Reads masked client frames (short payloads) and sends each back unmasked.
+async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    loop {
+        let mut head = [0u8; 2];
+        if s.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[1] & 0x7f);
+        if head[1] & 0x80 == 0 || len > 125 {
+            return;
+        }
+        let mut mask = [0u8; 4];
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut mask).await.is_err() || s.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        let mut frame = vec![head[0], len as u8];
+        frame.extend_from_slice(&payload);
+        if s.write_all(&frame).await.is_err() || head[0] & 0x0f == 0x8 {
+            return;
+        }
+    }
+}
+
+/// A hyper backend on BACKEND_IP: plain, or TLS with a fleet certificate for
+/// `tls_name`. Served until the test's runtime ends.
+async fn backend(pki: &Pki, tls_name: Option<&str>) -> SocketAddr {
+    let listener = TcpListener::bind((BACKEND_IP, 0))
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tls_name.map(|name| {
+        let issued = pki
+            .fleet
+            .issue(&[name.to_string()], Duration::from_secs(3600))
+            .expect("issue fleet");
+        let certs = mcp_pki::cert::certs_from_pem(&issued.cert_pem).expect("certs");
+        let key = mcp_pki::cert::key_from_pem(issued.key_pem.expose()).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("cert");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(handle);
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(tls) = a.accept(s).await {
+                            let _ = http
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                    }
+                    None => {
+                        let _ = http
+                            .serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// curl through the proxy with the public CA; (exit ok, stdout, stderr).
+async fn curl(pki: &Pki, proxy: SocketAddr, args: &[&str], path: &str) -> (bool, String, String) {
+    let resolve = format!("{HOST}:{}:{}", proxy.port(), proxy.ip());
+    let url = format!("https://{HOST}:{}{path}", proxy.port());
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert"])
+        .arg(pki.public_ca())
+        .args(["--resolve", &resolve])
+        .args(args)
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http1_and_http2_reach_a_plain_backend_with_forwarded_headers() {
+    let pki = Pki::new();
+    let b = backend(&pki, None).await;
+    let p = start_proxy(limits(), one(HOST, pki.route(b, None))).await;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (ok, out, err) = curl(
+            &pki,
+            p.addr,
+            &[flag, "-w", "\nversion=%{http_version} code=%{http_code}"],
+            "/headers?x=1",
+        )
+        .await;
+        assert!(ok, "{flag}: curl failed: {err}");
+        assert!(
+            out.contains(&format!("version={version} code=200")),
+            "{flag}: {out}"
+        );
+        assert!(
+            out.starts_with("GET /headers?x=1 HTTP/1.1"),
+            "{flag}: {out}"
+        );
+        for want in [
+            "x-forwarded-proto: https\n",
+            &format!("x-forwarded-host: {HOST}\n"),
+            &format!("host: {HOST}\n"),
+            "x-forwarded-for: 127.",
+        ] {
+            assert!(
+                out.contains(want),
+                "{flag}: the backend did not see {want:?}:\n{out}"
+            );
+        }
+    }
+    // A client's own X-Forwarded-For is replaced, not trusted.
+    let (ok, out, _) = curl(
+        &pki,
+        p.addr,
+        &["-H", "X-Forwarded-For: 203.0.113.9"],
+        "/headers",
+    )
+    .await;
+    assert!(ok && !out.contains("203.0.113.9"), "{out}");
+    // A host this connection's route does not serve: 421.
+    let (ok, out, _) = curl(
+        &pki,
+        p.addr,
+        &["-H", "Host: other.example", "-w", "%{http_code}"],
+        "/headers",
+    )
+    .await;
+    assert!(ok && out.ends_with("421"), "{out}");
+    let counters = p
+        .proxy
+        .metrics()
+        .route(&mc_proxy::routes::Pattern::parse(HOST).expect("p"));
+    assert_eq!(counters.responses(2), 3);
+    assert_eq!(counters.responses(4), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_backend_is_verified_against_the_fleet_ca_for_its_name() {
+    let pki = Pki::new();
+    let b = backend(&pki, Some("backend.svc.mcp.example")).await;
+    let p = start_proxy(
+        limits(),
+        one(HOST, pki.route(b, Some("backend.svc.mcp.example"))),
+    )
+    .await;
+    let (ok, out, err) = curl(&pki, p.addr, &["--http2"], "/headers").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+
+    // The same backend checked for another name: refused, 502.
+    p.proxy
+        .set_routes(one(HOST, pki.route(b, Some("other.svc.mcp.example"))));
+    let (ok, out, err) = curl(&pki, p.addr, &["-w", "%{http_code}"], "/headers").await;
+    assert!(ok, "{err}");
+    assert!(out.ends_with("502"), "{out}");
+
+    // A plain route to a TLS backend gets nothing it can use: 502, not a hang.
+    p.proxy.set_routes(one(HOST, pki.route(b, None)));
+    let (ok, out, err) = curl(&pki, p.addr, &["-w", "%{http_code}"], "/headers").await;
+    assert!(ok, "{err}");
+    assert!(out.ends_with("502"), "{out}");
+}
+
+/// A TLS client to the proxy with ALPN http/1.1, trusting the public CA.
+async fn tls_client(pki: &Pki, proxy: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(mcp_pki::cert::cert_from_pem(pki.public.cert_pem()).expect("ca"))
+        .expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(proxy).await.expect("connect");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(HOST.try_into().expect("name"), tcp)
+        .await
+        .expect("TLS to the proxy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echo_works_through_l7() {
+    let pki = Pki::new();
+    for tls in [None, Some("ws.svc.mcp.example")] {
+        let b = backend(&pki, tls).await;
+        let p = start_proxy(limits(), one(HOST, pki.route(b, tls))).await;
+        let mut s = tls_client(&pki, p.addr).await;
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        s.write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write upgrade");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("read 101");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{tls:?}: {head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{tls:?}: {head}"
+        );
+        for msg in ["hello", "through the edge"] {
+            let mask = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            s.write_all(&frame).await.expect("send frame");
+            let mut back = vec![0u8; 2 + msg.len()];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+                .await
+                .expect("echo in time")
+                .expect("read echo");
+            assert_eq!(&back[..2], &[0x81, msg.len() as u8]);
+            assert_eq!(&back[2..], msg.as_bytes(), "{tls:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_streams_to_the_backend_and_back() {
+    let pki = Pki::new();
+    let b = backend(&pki, Some("echo.svc.mcp.example")).await;
+    let p = start_proxy(
+        limits(),
+        one(HOST, pki.route(b, Some("echo.svc.mcp.example"))),
+    )
+    .await;
+    let file = pki.dir.path().join("upload.bin");
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &data).expect("write upload");
+    for flag in ["--http1.1", "--http2"] {
+        let out = pki.dir.path().join("echoed.bin");
+        let (ok, _, err) = curl(
+            &pki,
+            p.addr,
+            &[
+                flag,
+                "--data-binary",
+                &format!("@{}", file.display()),
+                "-o",
+                &out.display().to_string(),
+            ],
+            "/echo",
+        )
+        .await;
+        assert!(ok, "{flag}: {err}");
+        assert!(
+            std::fs::read(&out).expect("read") == data,
+            "{flag}: the echo differs"
+        );
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path).expect("open");
+    std::io::copy(&mut f, &mut h).expect("hash");
+    hex::encode(h.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_download_through_l7_and_l4_is_intact_while_routes_change() {
+    const N: u64 = 100 * 1024 * 1024;
+    let pki = Pki::new();
+    let plain = backend(&pki, None).await;
+    let tls = backend(&pki, Some(HOST)).await;
+    let table = one(HOST, pki.route(plain, None));
+    let p = start_proxy(limits(), table.clone()).await;
+    let churn = {
+        let proxy = Arc::clone(&p.proxy);
+        let route = pki.route(plain, None);
+        tokio::spawn(async move {
+            for i in 0u32.. {
+                let mut t = proxy.routes().table.clone();
+                let _ = t.remove(&format!("churn{}.example", (i + 3) % 7));
+                t.insert(&format!("churn{}.example", i % 7), route.clone())
+                    .expect("churn");
+                proxy.set_routes(t);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let want = pattern_sha256(N);
+    let path = format!("/big?{N}");
+    let out = pki.dir.path().join("big-l7.bin");
+    for flag in ["--http1.1", "--http2"] {
+        let (ok, _, err) = curl(
+            &pki,
+            p.addr,
+            &[flag, "-o", &out.display().to_string()],
+            &path,
+        )
+        .await;
+        assert!(ok, "l7 {flag}: {err}");
+        assert_eq!(sha256_file(&out), want, "l7 {flag}");
+    }
+    // L4: HOST now passes through to the TLS backend, whose own certificate
+    // (fleet CA) names HOST, while the churn goes on.
+    let fleet_ca = pki.dir.path().join("fleet-ca.pem");
+    std::fs::write(&fleet_ca, pki.fleet.cert_pem()).expect("write");
+    let out4 = pki.dir.path().join("big-l4.bin");
+    p.proxy.set_routes(one(HOST, Route::l4(Backend::Addr(tls))));
+    let status = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert"])
+        .arg(&fleet_ca)
+        .args([
+            "--resolve",
+            &format!("{HOST}:{}:{}", p.addr.port(), p.addr.ip()),
+            "-o",
+            &out4.display().to_string(),
+            &format!("https://{HOST}:{}{path}", p.addr.port()),
+        ])
+        .status()
+        .await
+        .expect("curl l4");
+    assert!(status.success(), "l4 download failed");
+    assert_eq!(sha256_file(&out4), want, "l4");
+    churn.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_open_requests_and_refuses_new_connections() {
+    let pki = Pki::new();
+    let b = backend(&pki, None).await;
+    let p = start_proxy(limits(), one(HOST, pki.route(b, None))).await;
+    let slow = {
+        let ca = pki.public_ca();
+        let addr = p.addr;
+        tokio::spawn(async move {
+            tokio::process::Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--cacert"])
+                .arg(ca)
+                .args([
+                    "--resolve",
+                    &format!("{HOST}:{}:{}", addr.port(), addr.ip()),
+                    &format!("https://{HOST}:{}/slow", addr.port()),
+                ])
+                .output()
+                .await
+                .expect("curl")
+        })
+    };
+    // Let the request reach the backend, then stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.proxy.metrics().open_now() == 0 {
+        assert!(Instant::now() < deadline, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped_at = Instant::now();
+    p.stop.send(true).expect("stop");
+    let out = slow.await.expect("join");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("slow done"),
+        "the open request was cut: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::timeout(Duration::from_secs(6), p.task)
+        .await
+        .expect("serve ends within the drain deadline")
+        .expect("join");
+    assert!(stopped_at.elapsed() < Duration::from_secs(6));
+    assert!(
+        TcpStream::connect(p.addr).await.is_err(),
+        "the listener still accepts after shutdown"
+    );
+}
