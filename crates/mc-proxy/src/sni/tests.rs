@@ -196,10 +196,17 @@ fn record_split_lengths_are_checked() {
     assert_eq!(parse(&bytes), Parsed::Invalid("not a TLS handshake record"));
 }
 
+/// A file of testdata/.
+fn recorded(file: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
 /// The hellos recorded from real clients (see testdata/README.md).
 #[test]
 fn recorded_hellos() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
     let cases = [
         ("openssl-s_client.bin", Parsed::Found("x.example".into())),
         (
@@ -210,9 +217,11 @@ fn recorded_hellos() {
         ("curl.bin", Parsed::Found("curl.example".into())),
         ("gnutls-cli.bin", Parsed::Found("gnutls.example".into())),
         ("rustls.bin", Parsed::Found("rustls.example".into())),
+        ("chromium.bin", Parsed::Found("chromium.example".into())),
+        ("chromium-ip.bin", Parsed::NoSni),
     ];
     for (file, want) in cases {
-        let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        let bytes = recorded(file);
         assert_eq!(parse(&bytes), want, "{file}");
         for cut in 0..bytes.len() {
             assert_eq!(
@@ -221,6 +230,232 @@ fn recorded_hellos() {
                 "{file} cut at {cut}"
             );
         }
+    }
+}
+
+/// What a test needs to see of a ClientHello, read independently of the parser
+/// (panicking on bad input, as only recorded hellos are given to it).
+struct Fields {
+    /// The handshake message, header included, joined from its records.
+    message: Vec<u8>,
+    records: usize,
+    suites: Vec<u16>,
+    /// Extensions in the order sent: type and body.
+    extensions: Vec<(u16, Vec<u8>)>,
+}
+
+impl Fields {
+    fn of(bytes: &[u8]) -> Fields {
+        let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+        let mut message = Vec::new();
+        let mut at = 0;
+        let mut records = 0;
+        while message.len() < 4 || message.len() < message_len(&message).expect("header") {
+            assert_eq!(bytes[at], CONTENT_HANDSHAKE, "handshake record");
+            let len = usize::from(be16(bytes, at + 3));
+            message.extend_from_slice(&bytes[at + 5..at + 5 + len]);
+            at += 5 + len;
+            records += 1;
+        }
+        let m = &message;
+        let mut p = 4 + 2 + 32;
+        p += 1 + usize::from(m[p]);
+        let suites_len = usize::from(be16(m, p));
+        let suites = (0..suites_len / 2)
+            .map(|i| be16(m, p + 2 + 2 * i))
+            .collect();
+        p += 2 + suites_len;
+        p += 1 + usize::from(m[p]);
+        let end = p + 2 + usize::from(be16(m, p));
+        assert_eq!(end, m.len(), "extensions end the hello");
+        p += 2;
+        let mut extensions = Vec::new();
+        while p < end {
+            let len = usize::from(be16(m, p + 2));
+            extensions.push((be16(m, p), m[p + 4..p + 4 + len].to_vec()));
+            p += 4 + len;
+        }
+        Fields {
+            message,
+            records,
+            suites,
+            extensions,
+        }
+    }
+
+    fn extension(&self, kind: u16) -> &[u8] {
+        self.extensions
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, body)| body.as_slice())
+            .unwrap_or_else(|| panic!("no extension {kind:#06x}"))
+    }
+
+    /// supported_groups (10): the named groups offered.
+    fn groups(&self) -> Vec<u16> {
+        let body = self.extension(10);
+        body[2..]
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    /// key_share (51): each share's group and key length.
+    fn key_shares(&self) -> Vec<(u16, usize)> {
+        let body = self.extension(51);
+        let mut shares = Vec::new();
+        let mut p = 2;
+        while p < body.len() {
+            let group = u16::from_be_bytes([body[p], body[p + 1]]);
+            let len = usize::from(u16::from_be_bytes([body[p + 2], body[p + 3]]));
+            shares.push((group, len));
+            p += 4 + len;
+        }
+        shares
+    }
+}
+
+/// RFC 8701: GREASE values are 0x0a0a, 0x1a1a, ... 0xfafa.
+fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
+}
+
+const X25519_MLKEM768: u16 = 0x11ec;
+const X25519_KYBER768_DRAFT: u16 = 0x6399;
+
+/// Chromium offers a post-quantum hybrid key share, which makes its hello
+/// larger than a typical TCP segment's payload (1,448 bytes at MTU 1500).
+#[test]
+fn chromium_offers_a_post_quantum_key_share() {
+    for file in ["chromium.bin", "chromium-ip.bin"] {
+        let bytes = recorded(file);
+        let hello = Fields::of(&bytes);
+        assert!(
+            hello.message.len() > 1500,
+            "{file}: {}",
+            hello.message.len()
+        );
+        // In one record: Chromium (BoringSSL) does not split its hello.
+        assert_eq!(hello.records, 1, "{file}");
+        let pq = [X25519_MLKEM768, X25519_KYBER768_DRAFT];
+        assert!(
+            hello.groups().iter().any(|g| pq.contains(g)),
+            "{file}: groups {:04x?}",
+            hello.groups()
+        );
+        let share = hello
+            .key_shares()
+            .into_iter()
+            .find(|(g, _)| pq.contains(g))
+            .unwrap_or_else(|| panic!("{file}: no PQ key share"));
+        // ML-KEM-768 encapsulation key (1184) + X25519 (32); Kyber draft 1216 too.
+        assert_eq!(share.1, 1216, "{file}");
+    }
+}
+
+/// Chromium sends GREASE (RFC 8701) in its cipher suites, extensions (an empty
+/// one first, a one-byte one last), groups, key shares and versions; the parser
+/// skips them as any unknown value.
+#[test]
+fn chromium_sends_grease() {
+    for file in ["chromium.bin", "chromium-ip.bin"] {
+        let hello = Fields::of(&recorded(file));
+        assert!(
+            is_grease(hello.suites[0]),
+            "{file}: suites {:04x?}",
+            hello.suites
+        );
+        let kinds: Vec<u16> = hello.extensions.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| is_grease(**k)).count(),
+            2,
+            "{file}: {kinds:04x?}"
+        );
+        assert!(hello.groups().iter().any(|g| is_grease(*g)), "{file}");
+        assert!(
+            hello.key_shares().iter().any(|(g, _)| is_grease(*g)),
+            "{file}"
+        );
+        let versions = hello.extension(43);
+        assert!(
+            versions[1..]
+                .chunks(2)
+                .any(|v| is_grease(u16::from_be_bytes([v[0], v[1]]))),
+            "{file}: supported_versions {versions:02x?}"
+        );
+    }
+}
+
+/// The proxy's reader (`proxy::read_hello`) over `chunks` as successive reads:
+/// parse after the first read, then only once `wanted` bytes are in. Returns the
+/// answer and the number of reads it took.
+fn read_in(chunks: &[&[u8]]) -> (Parsed, usize) {
+    let mut buf = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        buf.extend_from_slice(chunk);
+        if i > 0 && buf.len() < wanted(&buf) {
+            continue;
+        }
+        match parse(&buf) {
+            Parsed::NeedMore => {}
+            done => return (done, i + 1),
+        }
+    }
+    (Parsed::NeedMore, chunks.len())
+}
+
+/// Every recorded hello, cut into two reads at every point, and into reads of
+/// common TCP segment payload sizes, is answered on the last read with the
+/// answer of the whole; also re-framed into several records, as a client
+/// splitting its hello would send it.
+#[test]
+fn recorded_hellos_split_into_segments() {
+    for (file, want) in [
+        ("chromium.bin", Parsed::Found("chromium.example".into())),
+        ("chromium-ip.bin", Parsed::NoSni),
+        ("curl.bin", Parsed::Found("curl.example".into())),
+    ] {
+        let one_record = recorded(file);
+        let message = Fields::of(&one_record).message;
+        for bytes in [one_record, records(&message, 1000), records(&message, 100)] {
+            for cut in 1..bytes.len() {
+                let (head, tail) = bytes.split_at(cut);
+                assert_eq!(
+                    read_in(&[head, tail]),
+                    (want.clone(), 2),
+                    "{file} cut at {cut}"
+                );
+            }
+            for segment in [1, 7, 536, 1220, 1448, 8960] {
+                let chunks: Vec<&[u8]> = bytes.chunks(segment).collect();
+                assert_eq!(
+                    read_in(&chunks),
+                    (want.clone(), chunks.len()),
+                    "{file} in {segment}-byte segments"
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    /// The chromium hello in random reads (and random record framing) is
+    /// answered exactly on its last read.
+    #[test]
+    fn chromium_hello_in_random_reads(
+        cuts in proptest::collection::btree_set(1usize..4000, 0..12),
+        record in prop_oneof![Just(MAX_RECORD), 40usize..2000],
+    ) {
+        let message = Fields::of(&recorded("chromium.bin")).message;
+        let bytes = records(&message, record);
+        let mut chunks = Vec::new();
+        let mut from = 0;
+        for cut in cuts.into_iter().filter(|&c| c < bytes.len()) {
+            chunks.push(&bytes[from..cut]);
+            from = cut;
+        }
+        chunks.push(&bytes[from..]);
+        prop_assert_eq!(read_in(&chunks), (Parsed::Found("chromium.example".into()), chunks.len()));
     }
 }
 
