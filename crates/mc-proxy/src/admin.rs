@@ -150,17 +150,19 @@ impl admin_server::Admin for Admin {
     }
 }
 
+/// The bound admin socket and the uid allowed beside root.
+pub struct Bound {
+    socket: UnixSocket,
+    owner: u32,
+}
+
 /// Binds the admin socket at `path` (its directory created if missing, mode
-/// 0700) and serves the Admin service over `proxy` and `store` until `shutdown`.
-/// The proxy's own uid is the socket file's owner, as this process created it.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    store: Store,
-    path: &Path,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+/// 0700). The proxy's own uid is the socket file's owner, as this process
+/// created it.
+pub fn bind(path: &Path) -> anyhow::Result<Bound> {
     use anyhow::Context as _;
     use std::os::unix::fs::DirBuilderExt as _;
+    use std::os::unix::fs::MetadataExt as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -168,17 +170,39 @@ pub async fn serve(
             .create(dir)
             .with_context(|| format!("create {}", dir.display()))?;
     }
-    use std::os::unix::fs::MetadataExt as _;
     let socket = UnixSocket::bind(path).with_context(|| "admin_socket".to_string())?;
     let owner = std::fs::symlink_metadata(socket.path())
         .with_context(|| format!("stat {}", path.display()))?
         .uid();
-    let admin = Admin::new(proxy, store, owner);
+    Ok(Bound { socket, owner })
+}
+
+/// Serves the Admin service over `proxy` and `store` on a bound socket until
+/// `shutdown`; the socket file is removed when it ends.
+pub async fn serve_bound(
+    proxy: Arc<Proxy>,
+    store: Store,
+    bound: Bound,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let path = bound.socket.path().to_path_buf();
+    let admin = Admin::new(proxy, store, bound.owner);
     info!(socket = %path.display(), "admin API serving");
     ServerTransport::default()
-        .serve_unix(admin.routes(), socket, shutdown)
+        .serve_unix(admin.routes(), bound.socket, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("admin API on {}: {e}", path.display()))
+}
+
+/// Binds the admin socket at `path` and serves it until `shutdown`.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    store: Store,
+    path: &Path,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let bound = bind(path)?;
+    serve_bound(proxy, store, bound, shutdown).await
 }
 
 #[cfg(test)]

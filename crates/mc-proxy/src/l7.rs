@@ -451,13 +451,24 @@ pub(crate) async fn serve(
 ) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let client = route.client_for(peer, local);
+    // Requests begun on this connection: a drain lets a new connection's first
+    // request in before it asks the connection to close.
+    let (begun_tx, mut begun) = tokio::sync::watch::channel(0u64);
     let svc = hyper::service::service_fn(move |req| {
         let route = Arc::clone(&route);
         let client = client.clone();
+        begun_tx.send_modify(|n| *n += 1);
         async move { Ok::<_, Infallible>(forward(&route, &client, req, peer).await) }
     });
     let io = TokioIo::new(tls);
     let idle = activity.idle(limits.idle_timeout);
+    let first_wait = limits.handshake_timeout;
+    let drain = async move {
+        drain.await;
+        // A client that connected just before the drain has its request on the
+        // way: wait for it (at most the time it had to send it).
+        let _ = tokio::time::timeout(first_wait, begun.wait_for(|n| *n > 0)).await;
+    };
     tokio::pin!(drain, idle);
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

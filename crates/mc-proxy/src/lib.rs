@@ -7,6 +7,9 @@
 
 pub mod admin;
 pub mod config;
+#[cfg(target_os = "linux")]
+mod fdpass;
+pub mod handover;
 pub mod hostname;
 pub mod l4;
 pub mod l7;

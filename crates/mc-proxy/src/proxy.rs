@@ -484,29 +484,35 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Opens `routes.db`, binds `config.listen` (and `http_listen`,
-/// `metrics_listen` when set) and the admin socket, and serves the stored
-/// routes (with no admin call needed after a restart) and the admin API,
-/// sharing one route table, until `shutdown`; then drains.
+/// Takes the listening sockets from an mc-proxy running on the same
+/// `data_dir` (`handover`), or binds `config.listen` (and `http_listen`,
+/// `metrics_listen` when set); opens `routes.db` and serves its routes (no
+/// admin call needed after a restart), the admin API and the plain listeners
+/// until `shutdown` or until a newer mc-proxy takes the sockets over; then
+/// drains.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    use crate::handover;
+    use std::os::fd::AsFd as _;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
+    let handover_socket = config.data_dir.join(handover::SOCKET);
+    let mut taken = {
+        let path = handover_socket.clone();
+        tokio::task::spawn_blocking(move || handover::take(&path))
+            .await
+            .context("handover")??
+    };
+    let listener = open_listener(taken.as_mut(), "listen", Some(config.listen))
+        .await?
+        .context("listen: no socket")?;
+    let http = open_listener(taken.as_mut(), "http_listen", config.http_listen).await?;
+    let metrics = open_listener(taken.as_mut(), "metrics_listen", config.metrics_listen).await?;
+    // The old proxy's admin API has stopped by now, so routes.db is settled.
     let store = Store::open(&config.data_dir)?;
     let table = store.table()?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen on {}", config.listen))?;
-    let bind_opt = |key: &'static str, addr: Option<SocketAddr>| async move {
-        match addr {
-            None => Ok(None),
-            Some(a) => TcpListener::bind(a)
-                .await
-                .map(Some)
-                .with_context(|| format!("{key} {a}")),
-        }
-    };
-    let http = bind_opt("http_listen", config.http_listen).await?;
-    let metrics = bind_opt("metrics_listen", config.metrics_listen).await?;
     // The whole config (it holds no secret), as operators check it at start.
-    info!(?config, "mc-proxy serving");
+    info!(?config, handover = taken.is_some(), "mc-proxy serving");
     let proxy = Proxy::new(Limits::from(&config))?;
     info!(
         routes = table.len(),
@@ -518,31 +524,65 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         "routes loaded from routes.db"
     );
     proxy.set_routes(table);
+    let bound = crate::admin::bind(&config.admin_socket)?;
+    if let Some(t) = taken {
+        t.confirm().context("confirm the handover")?;
+        info!("took the listening sockets over from the running mc-proxy");
+    }
+
+    // Stopping: on `shutdown`, or when a newer proxy has taken the sockets.
+    let (handed_tx, handed_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        let mut shutdown = shutdown.clone();
+        let mut handed = handed_rx.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stopped(&mut shutdown) => {}
+                () = stopped(&mut handed) => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
+    let mut offered = vec![("listen", listener.as_fd().try_clone_to_owned()?)];
     let mut side = Vec::new();
     if let Some(l) = http {
+        offered.push(("http_listen", l.as_fd().try_clone_to_owned()?));
         let port = config.listen.port();
         side.push(tokio::spawn(crate::plain::serve(
             "http_listen",
             l,
             crate::plain::redirect_handler(port),
-            shutdown.clone(),
+            stop_rx.clone(),
         )));
     }
     if let Some(l) = metrics {
+        offered.push(("metrics_listen", l.as_fd().try_clone_to_owned()?));
         side.push(tokio::spawn(crate::plain::serve(
             "metrics_listen",
             l,
             crate::plain::metrics_handler(Arc::clone(proxy.metrics())),
-            shutdown.clone(),
+            stop_rx.clone(),
         )));
     }
-    let admin = crate::admin::serve(
+    let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(1);
+    let offer = tokio::spawn(handover::offer(
+        handover_socket,
+        offered,
+        admin_tx,
+        handed_tx,
+        stop_rx.clone(),
+    ));
+    let admin = admin_loop(
         Arc::clone(&proxy),
         store,
-        &config.admin_socket,
-        shutdown.clone(),
+        bound,
+        config.clone(),
+        admin_rx,
+        stop_rx.clone(),
     );
-    let serve = proxy.serve(listener, shutdown);
+    let serve = proxy.serve(listener, stop_rx);
     tokio::pin!(admin, serve);
     let result = tokio::select! {
         r = &mut admin => {
@@ -552,10 +592,103 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
             }
             r
         }
-        () = &mut serve => admin.await,
+        () = &mut serve => {
+            let _ = stop_tx.send(true);
+            admin.await
+        }
     };
     for task in side {
         task.abort();
     }
+    if let Ok(Err(e)) = offer.await {
+        warn!(error = %format!("{e:#}"), "handover socket");
+    }
     result
+}
+
+/// The socket for `key`: taken over from the running proxy, or bound to `want`.
+async fn open_listener(
+    taken: Option<&mut crate::handover::Taken>,
+    key: &'static str,
+    want: Option<SocketAddr>,
+) -> anyhow::Result<Option<TcpListener>> {
+    if let Some(t) = taken {
+        if let Some(l) = crate::handover::check(t, key, want)? {
+            return Ok(Some(TcpListener::from_std(l)?));
+        }
+    }
+    match want {
+        None => Ok(None),
+        Some(a) => TcpListener::bind(a)
+            .await
+            .map(Some)
+            .with_context(|| format!("{key} {a}")),
+    }
+}
+
+/// The admin API, paused while a handover is under way and resumed if it
+/// fails (with `routes.db` opened and the socket bound again), until `stop`.
+async fn admin_loop(
+    proxy: Arc<Proxy>,
+    store: Store,
+    bound: crate::admin::Bound,
+    config: Config,
+    mut commands: tokio::sync::mpsc::Receiver<crate::handover::AdminCommand>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use crate::handover::AdminCommand;
+    let mut first = Some((store, bound));
+    loop {
+        let (store, bound) = match first.take() {
+            Some(x) => x,
+            None => (
+                Store::open(&config.data_dir)?,
+                crate::admin::bind(&config.admin_socket)?,
+            ),
+        };
+        let (pause_tx, pause_rx) = watch::channel(false);
+        let serve = crate::admin::serve_bound(Arc::clone(&proxy), store, bound, pause_rx);
+        tokio::pin!(serve);
+        let paused = tokio::select! {
+            r = &mut serve => return r,
+            () = stopped(&mut stop) => {
+                let _ = pause_tx.send(true);
+                return serve.await;
+            }
+            c = commands.recv() => match c {
+                Some(AdminCommand::Pause(done)) => {
+                    let _ = pause_tx.send(true);
+                    serve.await?;
+                    let _ = done.send(());
+                    true
+                }
+                Some(AdminCommand::Resume) => false,
+                None => {
+                    // The handover offer has ended; serve on until stopped.
+                    let _ = pause_tx.send(false);
+                    tokio::select! {
+                        r = &mut serve => return r,
+                        () = stopped(&mut stop) => {
+                            let _ = pause_tx.send(true);
+                            return serve.await;
+                        }
+                    }
+                }
+            },
+        };
+        if paused {
+            // Wait to resume; a completed handover ends with `stop`.
+            tokio::select! {
+                c = commands.recv() => match c {
+                    Some(AdminCommand::Resume) => {}
+                    Some(AdminCommand::Pause(done)) => { let _ = done.send(()); }
+                    None => {
+                        stopped(&mut stop).await;
+                        return Ok(());
+                    }
+                },
+                () = stopped(&mut stop) => return Ok(()),
+            }
+        }
+    }
 }

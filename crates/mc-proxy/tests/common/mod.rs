@@ -1,5 +1,9 @@
-//! Helpers shared by mc-proxy's integration tests: a child-process guard and a
-//! free port on a loopback address.
+//! Helpers shared by mc-proxy's integration tests: a child-process guard, a
+//! free port on a loopback address, and (`backend`) an HTTP backend with the
+//! edge's two CAs.
+
+#[allow(dead_code)]
+pub mod backend;
 
 /// Kills and reaps a child process when dropped.
 pub struct Child(pub std::process::Child);
