@@ -105,9 +105,29 @@ const FAILED: u8 = 1;
 const USAGE: u8 = 2;
 const UNREACHABLE: u8 = 3;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One CPU (a small VPS, or pinned with taskset): a single-threaded runtime
+    // spends nothing on work stealing; more: one worker per CPU.
+    let runtime = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mc-proxy: start the runtime: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    runtime.block_on(run_cli(cli))
+}
+
+async fn run_cli(cli: Cli) -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Route(cmd)), _) => route(cmd).await,
         (None, Some(config)) => serve(&config)

@@ -388,3 +388,38 @@ async fn shutdown_drains_open_requests_and_refuses_new_connections() {
         "the listener still accepts after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_after_its_client_hello_is_cut_at_the_handshake_timeout() {
+    let pki = Pki::new();
+    let b = backend(&pki, None).await;
+    let timeout = Duration::from_millis(500);
+    // The recorded hello names x.example; route it as l7.
+    let p = start_proxy(
+        Limits {
+            handshake_timeout: timeout,
+            ..limits()
+        },
+        one("x.example", pki.route(b, None)),
+    )
+    .await;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(include_bytes!("../testdata/openssl-s_client.bin"))
+        .await
+        .expect("hello");
+    // The server's flight comes back; then nothing more is sent.
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the stalled handshake was never cut");
+    let took = started.elapsed();
+    assert!(took >= timeout && took < timeout * 4, "cut after {took:?}");
+    assert!(!sink.is_empty(), "the proxy sent no ServerHello");
+    assert_eq!(
+        p.proxy
+            .metrics()
+            .refused_total(mc_proxy::metrics::Refusal::HandshakeTimeout),
+        1
+    );
+    assert_eq!(p.proxy.stats().dials, 0);
+}
