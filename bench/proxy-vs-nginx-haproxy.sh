@@ -12,16 +12,17 @@
 # limits (10,000 connections, or fewer if the open-files limit is lower; 10 s
 # handshake; 10 min idle), each proxy with one worker
 # and one thread pinned to CPU 0 (taskset -c 0), the backend and the load generators
-# (wrk, h2load, curl; one thread each) on CPU 1. Every proxy is checked before it is
+# (wrk, h2load, curl, a small Python TLS client for latency; one thread each) on CPU 1. Every proxy is checked before it is
 # measured (the body and the forwarded headers through l7, the backend's certificate
 # through l4). Prints one markdown table (a row per measurement; mc-proxy, nginx,
 # haproxy, direct; mc-proxy over the better of nginx and haproxy) and the commands.
 #
 # Hostnames: nothing is added to /etc/hosts. Each tool connects to an address while
 # sending the route's name as SNI and Host: curl --resolve NAME:PORT:IP, h2load
-# --connect-to=IP:PORT, openssl s_client -connect IP:PORT -servername NAME, and wrk
-# through a Lua script replacing wrk.resolve (wrk takes SNI and Host from the URL and
-# resolves its host itself; the script makes it connect to $WRK_CONNECT instead).
+# --connect-to=IP:PORT, openssl s_client -connect IP:PORT -servername NAME, the
+# Python client connects to the IP with server_hostname=NAME, and wrk runs a Lua
+# script replacing wrk.resolve (wrk takes SNI and Host from the URL and resolves its
+# host itself; the script makes it connect to $WRK_CONNECT instead).
 #
 # Usage: bench/proxy-vs-nginx-haproxy.sh [--smoke] [--duration SECS] [--mc-proxy PATH]
 #            [--size MIB] [--connections N] [--skip-l7] [--keep]
@@ -79,8 +80,10 @@ done
 
 # --- tools -------------------------------------------------------------------
 for t in nginx haproxy wrk h2load curl openssl taskset timeout flock awk sort getconf; do
-    command -v "$t" >/dev/null 2>&1 || missing "'$t' not found (apt-get install nginx libnginx-mod-stream haproxy wrk nghttp2-client curl openssl)"
+    command -v "$t" >/dev/null 2>&1 || missing "'$t' not found (apt-get install nginx libnginx-mod-stream haproxy wrk nghttp2-client curl openssl python3)"
 done
+python="$(command -v python3)" || missing "'python3' not found (apt-get install python3)"
+"$python" -c 'import ssl' 2>/dev/null || missing "$python has no ssl module"
 stream_so=/usr/lib/nginx/modules/ngx_stream_module.so
 [ -f "$stream_so" ] || missing "$stream_so not found (apt-get install libnginx-mod-stream)"
 [ -x "$mc_proxy" ] || missing "mc-proxy binary '$mc_proxy' not found or not executable (cargo build --release -p mc-proxy, or --mc-proxy PATH)"
@@ -97,14 +100,14 @@ L7_PORT=8443 L4_PORT_PEER=8444 BACKEND_PLAIN=8080 BACKEND_TLS=8443
 L7_NAME=l7.bench.test L4_NAME=l4.bench.test
 BODY="mcp-bench-backend-ok"
 # The connection cap, the same for all three: 10,000 (mc-proxy's default) when the
-# descriptor limit allows it (haproxy wants 2.5 per connection with splicing: two
-# sockets and a pipe per four), else what fits, rounded down to 500.
+# descriptor limit allows it (two sockets per connection, and some to spare: haproxy
+# refuses to start without them), else what fits, rounded down to 500.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 nofile="$(ulimit -n)"
 [ "$nofile" = unlimited ] && nofile=1048576
 MAX_CONNS=10000
-if [ $((MAX_CONNS * 5 / 2 + 200)) -gt "$nofile" ]; then
-    MAX_CONNS=$(((nofile - 200) * 2 / 5 / 500 * 500))
+if [ $((MAX_CONNS * 2 + 200)) -gt "$nofile" ]; then
+    MAX_CONNS=$(((nofile - 200) / 2 / 500 * 500))
     [ "$MAX_CONNS" -ge 500 ] || die "the open-files limit ($nofile) is too low"
     echo "$me: note: open-files limit $nofile: connection cap $MAX_CONNS for all three proxies" >&2
 fi
@@ -428,7 +431,6 @@ frontend l4
     use_backend l4_backend if { req.ssl_sni -i $L4_NAME }
 backend l4_backend
     mode tcp
-    option splice-auto
     server backend $IP_BACKEND:$BACKEND_TLS
 CONF
 haproxy -c -q -f "$h/haproxy.cfg" >"$h/check.log" 2>&1 || { cat "$h/check.log" >&2; die "haproxy -c rejects the generated config (above)"; }
@@ -484,6 +486,87 @@ wrk.resolve = function(host, service)
     wrk.addrs = wrk.lookup(ip, port)
 end
 LUA
+
+lat_py="$dir/latency.py"
+cat >"$lat_py" <<'PY'
+"""Milliseconds per HTTP/1.1 request over TLS, one line each: --new N requests each
+on its own connection (connect, full handshake: no session is resumed, Connection:
+close) or --open N on one connection opened before the clock starts. The certificate
+is verified for --name against --ca; every response must be 200 with --body."""
+import argparse, socket, ssl, sys, time
+
+p = argparse.ArgumentParser()
+p.add_argument("--name", required=True)
+p.add_argument("--connect", required=True)
+p.add_argument("--ca", required=True)
+p.add_argument("--body", required=True)
+g = p.add_mutually_exclusive_group(required=True)
+g.add_argument("--new", type=int)
+g.add_argument("--open", type=int)
+a = p.parse_args()
+ip, port = a.connect.rsplit(":", 1)
+port = int(port)
+ctx = ssl.create_default_context(cafile=a.ca)
+want = a.body.encode()
+
+
+def request(close):
+    extra = b"Connection: close\r\n" if close else b""
+    return b"GET / HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (a.name.encode(), port, extra)
+
+
+def response(s):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            sys.exit("connection closed before the response's headers")
+        buf += d
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if not lines[0].startswith(b"HTTP/1.1 200"):
+        sys.exit("status line %r" % lines[0])
+    length = [int(l.split(b":", 1)[1]) for l in lines[1:] if l.lower().startswith(b"content-length:")]
+    if not length:
+        sys.exit("no Content-Length")
+    while len(body) < length[0]:
+        d = s.recv(65536)
+        if not d:
+            sys.exit("connection closed in the body")
+        body += d
+    if body.strip() != want or len(body) != length[0]:
+        sys.exit("body %r" % body[:200])
+
+
+def connect():
+    raw = socket.create_connection((ip, port), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ctx.wrap_socket(raw, server_hostname=a.name)  # the handshake happens here
+
+
+out = []
+if a.new is not None:
+    req = request(True)
+    for _ in range(a.new):
+        t0 = time.perf_counter_ns()
+        s = connect()
+        s.sendall(req)
+        response(s)
+        out.append(time.perf_counter_ns() - t0)
+        s.close()
+else:
+    req = request(False)
+    s = connect()
+    s.sendall(req)
+    response(s)
+    for _ in range(a.open):
+        t0 = time.perf_counter_ns()
+        s.sendall(req)
+        response(s)
+        out.append(time.perf_counter_ns() - t0)
+    s.close()
+sys.stdout.write("".join("%.3f\n" % (ns / 1e6) for ns in out))
+PY
 
 # --- checks: each proxy answers correctly before it is measured --------------------
 declare -A l7_ok l4_ok tls_info
@@ -707,31 +790,22 @@ for t in "${targets[@]}"; do
         fail_rows "$t" "curl: $(cat "$dir/big-$t")" "${big_rows[@]}"
     fi
     note_cmd taskset -c "$LOAD_CPU" "${cmd[@]}"
-    # Latency: $samples sequential requests in one curl, each on a new connection with a
-    # full handshake (Connection: close, no session resumption) / all on one connection
-    # (the first, which carries the handshake, left out).
+    # Latency: $samples sequential requests, each on a new connection (TCP connect, a
+    # full handshake, Connection: close) / all on one connection, from a small Python
+    # client (one SSLContext for all: curl's per-connection set-up of about 3 ms would
+    # drown what a proxy adds).
     echo "$me: ${label[$t]}: l4 latency" >&2
     for kind in new open; do
-        if [ "$kind" = new ]; then
-            extra=(--no-sessionid -H 'Connection: close') rp50=$R_L4_NP50 rp99=$R_L4_NP99 n=$samples
-        else
-            extra=() rp50=$R_L4_KP50 rp99=$R_L4_KP99 n=$((samples + 1))
-        fi
-        cmd=("${curl_base[@]}" --max-time 120 "${extra[@]}" -w '%{time_total} %{num_connects} %{http_code}\n' -o /dev/null "https://$L4_NAME:$port/?[1-$n]")
-        if bounded 130 taskset -c "$LOAD_CPU" "${cmd[@]}" >"$dir/lat-$t-$kind" 2>"$dir/err"; then
+        if [ "$kind" = new ]; then rp50=$R_L4_NP50 rp99=$R_L4_NP99; else rp50=$R_L4_KP50 rp99=$R_L4_KP99; fi
+        cmd=("$python" "$lat_py" --name "$L4_NAME" --connect "$ip:$port" --ca "$cert_dir/internal-ca.pem"
+            --body "$BODY" --"$kind" "$samples")
+        if bounded 130 taskset -c "$LOAD_CPU" "${cmd[@]}" >"$dir/lat-$t-$kind.ms" 2>"$dir/err" &&
+            [ "$(wc -l <"$dir/lat-$t-$kind.ms")" = "$samples" ]; then
             note_cmd taskset -c "$LOAD_CPU" "${cmd[@]}"
-            # num_connects is 1 for a transfer that opened a connection, 0 for a reused one.
-            if [ "$kind" = new ]; then want='$2 == 1'; else want='NR == 1 || $2 == 0'; fi
-            if [ "$(wc -l <"$dir/lat-$t-$kind")" != "$n" ] || ! awk "!($want) || \$3 != 200 { bad = 1 } END { exit bad }" "$dir/lat-$t-$kind"; then
-                fail_rows "$t" "curl: unexpected transfers: $(head -c 300 "$dir/lat-$t-$kind" | tr '\n' ' ')" "$rp50" "$rp99"
-                continue
-            fi
-            skip=0; [ "$kind" = open ] && skip=1
-            awk -v skip=$skip 'NR > skip { printf "%.3f\n", $1 * 1000 }' "$dir/lat-$t-$kind" >"$dir/lat-$t-$kind.ms"
             cell[$rp50,$t]="$(percentile 50 "$dir/lat-$t-$kind.ms")"
             cell[$rp99,$t]="$(percentile 99 "$dir/lat-$t-$kind.ms")"
         else
-            fail_rows "$t" "curl: $(cat "$dir/err")" "$rp50" "$rp99"
+            fail_rows "$t" "latency client: $(tail -3 "$dir/err")" "$rp50" "$rp99"
         fi
     done
 done
@@ -757,7 +831,7 @@ for t in mc nginx haproxy; do
 done
 
 # --- the table -----------------------------------------------------------------------
-mc_version="(git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates/mc-proxy 2>/dev/null || echo ', crates/mc-proxy modified'))"
+mc_version="(tree at git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates/mc-proxy 2>/dev/null || echo ', crates/mc-proxy modified'))"
 fmt_cell() { # ROW TARGET
     local v="${cell[$1,$2]:-}" a="${added[$1,$2]:-}"
     [ -n "$v" ] || { echo "FAILED"; return; }

@@ -2,11 +2,11 @@
 //! ports 8080, 8443, 8444): the script run with `--smoke` against this test's
 //! mc-proxy binary must exit 0 and print a table with every row, each cell of
 //! mc-proxy, nginx and haproxy a number (the L4 rows' direct cell too), so the
-//! benchmark keeps working as mc-proxy changes. Needs nginx,
-//! libnginx-mod-stream, haproxy, wrk, nghttp2-client (h2load), curl and openssl
-//! (`.ci/run` installs them) and two CPUs. Runs of the script take turns (a lock
-//! on the script file). It kills what it started on exit; on our deadline it
-//! gets SIGTERM, then its process group SIGKILL.
+//! benchmark keeps working as mc-proxy changes. Needs nginx, libnginx-mod-stream,
+//! haproxy, wrk, nghttp2-client (h2load), curl, openssl and python3 (`.ci/run`
+//! installs them) and two CPUs. Runs of the script take turns (a lock on the
+//! script file). It kills what it started on exit; on our deadline it gets
+//! SIGTERM, then its process group SIGKILL.
 
 use std::io::Read as _;
 use std::os::unix::process::CommandExt as _;
