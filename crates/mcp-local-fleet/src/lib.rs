@@ -185,7 +185,38 @@ pub struct Fleet {
     pub spec: FleetSpec,
     pub bin: Binaries,
     pub master: Option<Proc>,
+    /// The node processes: each node's agent by node name, and each edge's
+    /// mc-proxy (`mc-proxy`, or `mc-proxy-<node>` beside a second edge).
     pub agents: BTreeMap<String, Proc>,
+}
+
+/// The port mc-proxy listens on at an edge node's address (SPEC §11: no
+/// root-only port).
+pub const PROXY_PORT: u16 = 8443;
+
+impl FleetSpec {
+    /// The edge nodes, each with its mc-proxy.
+    pub fn edges(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.nodes.iter().filter(|n| n.role == "edge")
+    }
+
+    /// The process name of an edge's mc-proxy: `mc-proxy` for the first edge.
+    pub fn proxy_name(&self, edge: &str) -> String {
+        match self.edges().next() {
+            Some(first) if first.name != edge => format!("mc-proxy-{edge}"),
+            _ => "mc-proxy".to_string(),
+        }
+    }
+
+    /// Where an edge's mc-proxy listens.
+    pub fn proxy_address(&self, edge: &NodeSpec) -> String {
+        format!("{}:{PROXY_PORT}", edge.ip)
+    }
+
+    /// An edge's mc-proxy admin socket: `DIR/<node>/admin.sock`.
+    pub fn proxy_admin_socket(&self, edge: &str) -> PathBuf {
+        self.dir.join(edge).join("admin.sock")
+    }
 }
 
 impl Fleet {
@@ -312,11 +343,21 @@ impl Fleet {
                 agent.push_str(&format!("arch = {}\n", quote(arch)));
             }
             if node.role == "edge" {
-                let socket = node_dir.join("proxy-admin.sock");
+                let socket = spec.proxy_admin_socket(&node.name);
                 agent.push_str(&format!(
                     "proxy_admin_socket = {}\n",
                     quote(&socket.display().to_string())
                 ));
+                let proxy = format!(
+                    "# mc-proxy of edge node {} (SPEC §11), written by the local fleet.\n\
+                     listen = {}\nadmin_socket = {}\ndata_dir = {}\ndrain_timeout = \"1s\"\n",
+                    node.name,
+                    quote(&spec.proxy_address(node)),
+                    quote(&socket.display().to_string()),
+                    quote(&node_dir.join("proxy").display().to_string()),
+                );
+                std::fs::write(node_dir.join("proxy.toml"), proxy)
+                    .with_context(|| format!("write {}/proxy.toml", node.name))?;
             }
             if !node.pools.is_empty() {
                 let pools: Vec<String> = node.pools.iter().map(|p| quote(p)).collect();
@@ -381,6 +422,10 @@ impl Fleet {
         if fleet.spec.login {
             fleet.login("admin")?;
         }
+        let edges: Vec<String> = fleet.spec.edges().map(|n| n.name.clone()).collect();
+        for edge in &edges {
+            fleet.start_proxy(edge)?;
+        }
         let names: Vec<String> = fleet.spec.nodes.iter().map(|n| n.name.clone()).collect();
         for name in &names {
             fleet.start_agent(name)?;
@@ -396,6 +441,18 @@ impl Fleet {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
+        // The log's first line is the command, to start the process again by hand.
+        {
+            use std::io::Write as _;
+            let mut first = &log;
+            writeln!(
+                first,
+                "# {} --config {}",
+                self.bin.path(program).display(),
+                config.display()
+            )
+            .with_context(|| format!("write {}", log_path.display()))?;
+        }
         let child = Command::new(self.bin.path(program))
             .arg("--config")
             .arg(&config)
@@ -438,6 +495,29 @@ impl Fleet {
         let mut proc = self.spawn(name, "mcp-agent", config)?;
         wait_listening(&mut proc, &address, || self.log(name))?;
         self.agents.insert(name.to_string(), proc);
+        Ok(())
+    }
+
+    /// Starts an edge's mc-proxy (`DIR/<node>/proxy.toml`) and waits until it
+    /// listens.
+    pub fn start_proxy(&mut self, edge: &str) -> anyhow::Result<()> {
+        let node = self
+            .spec
+            .edges()
+            .find(|n| n.name == edge)
+            .with_context(|| format!("no edge node {edge}"))?;
+        let address = self.spec.proxy_address(node);
+        let name = self.spec.proxy_name(edge);
+        if !self.bin.path("mc-proxy").is_file() {
+            bail!(
+                "mc-proxy not found in {}: run `cargo build --workspace --bins` first, or set MCP_BIN_DIR",
+                self.bin.dir.display()
+            );
+        }
+        let config = self.spec.dir.join(edge).join("proxy.toml");
+        let mut proc = self.spawn(&name, "mc-proxy", config)?;
+        wait_listening(&mut proc, &address, || self.log(&name))?;
+        self.agents.insert(name, proc);
         Ok(())
     }
 

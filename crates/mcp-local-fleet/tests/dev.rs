@@ -93,6 +93,9 @@ fn mcp_dev_runs_the_seed_fleet() {
         "logs/rift.log",
         "pids/master.pid",
         "pids/svc.pid",
+        "svc/proxy.toml",
+        "logs/mc-proxy.log",
+        "pids/mc-proxy.pid",
         "admin-password",
         "viewer-password",
     ] {
@@ -109,6 +112,51 @@ fn mcp_dev_runs_the_seed_fleet() {
             && hyperborea.contains("pi-pool")
             && hyperborea.contains("127.0.0.13:9444"),
         "{hyperborea}"
+    );
+
+    // svc's mc-proxy (SPEC §11): on 127.0.0.14:8443, its admin socket at
+    // DIR/svc/admin.sock (0600), which the edge agent is configured with; an
+    // unknown name gets `unrecognized_name`.
+    let socket = dir.join("svc/admin.sock");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "admin socket mode {mode:o}");
+    }
+    let svc = std::fs::read_to_string(dir.join("svc/agent.toml")).unwrap();
+    assert!(svc.contains(&socket.display().to_string()), "{svc}");
+    let list = Command::new(bin.path("mc-proxy"))
+        .args(["route", "list", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let hello = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            "127.0.0.14:8443",
+            "-servername",
+            "nothing.metacircular.net",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&hello.stderr);
+    assert!(said.contains("unrecognized name"), "{said}");
+    let first_line = std::fs::read_to_string(dir.join("logs/mc-proxy.log")).unwrap();
+    assert!(
+        first_line.starts_with('#')
+            && first_line
+                .lines()
+                .next()
+                .unwrap()
+                .contains("mc-proxy --config"),
+        "{first_line}"
     );
 
     // The CLI works at once with the written config.
@@ -139,7 +187,7 @@ fn mcp_dev_runs_the_seed_fleet() {
             .filter(|l| l.contains("orion exited"))
     });
     assert!(said.is_some(), "mcp dev did not report the dead agent");
-    let others: Vec<u32> = ["master", "rift", "hyperborea", "svc"]
+    let others: Vec<u32> = ["master", "rift", "hyperborea", "svc", "mc-proxy"]
         .iter()
         .map(|p| pid_of(&dir, p))
         .collect();

@@ -145,7 +145,7 @@ pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
             }
         }
         for (name, status) in exited {
-            eprintln!("mcp dev: {name} exited ({status}); the others keep running. Start it again by hand with the command in its log's first line, or restart mcp dev.");
+            eprintln!("mcp dev: {name} exited ({status}); the others keep running. Start it again by hand with the `# ...` command line at the start of its run in {}/logs/{name}.log, or restart mcp dev.", dir.display());
             if name == "master" {
                 fleet.master = None;
             } else {
