@@ -244,3 +244,53 @@ async fn a_node_that_no_longer_runs_a_service_gets_no_certificate_for_it() {
     );
     fleet.shutdown().await;
 }
+
+fn public(name: &str, hostname: &str) -> String {
+    format!(
+        "name = \"{name}\"\nnode = \"alpha\"\n[[components]]\nname = \"web\"\nimage = \"mcp-test/hello:1\"\n[[components.routes]]\nname = \"https\"\nport = 8443\npublic = true\nhostname = \"{hostname}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_hostnames_are_allowed_unique_and_never_internal() {
+    let fleet = InProcess::start(211, &["alpha"]).await;
+    fleet
+        .deploy(&[&public("photos", "photos.metacircular.net")])
+        .await
+        .expect("an allowed hostname deploys");
+    // A redeploy of the same service keeps its hostname.
+    fleet
+        .deploy(&[&public("photos", "photos.metacircular.net")])
+        .await
+        .expect("a redeploy keeps its own hostname");
+    let refused = |def: &[String], want: &'static str| {
+        let defs: Vec<String> = def.to_vec();
+        let fleet = &fleet;
+        async move {
+            let refs: Vec<&str> = defs.iter().map(String::as_str).collect();
+            let e = fleet.deploy(&refs).await.expect_err(want);
+            assert_eq!(e.code(), mcp_proto::tonic::Code::InvalidArgument, "{e}");
+            assert!(e.message().contains(want), "{} lacks {want}", e.message());
+        }
+    };
+    refused(
+        &[public("other", "photos.metacircular.net")],
+        "photos.metacircular.net is already the public hostname of service \"photos\"",
+    )
+    .await;
+    refused(
+        &[public("a", "same.metacircular.net"), public("b", "same.metacircular.net")],
+        "b: components.web.routes.https.hostname: same.metacircular.net is already the public hostname of service \"a\"",
+    )
+    .await;
+    refused(
+        &[public("inner", "photos.svc.mcp.metacircular.net")],
+        "is an internal name (*.svc.mcp.metacircular.net), never a public one",
+    )
+    .await;
+    refused(
+        &[public("evil", "evil.example.org")],
+        "evil.example.org is not in allowed_domains [metacircular.net]",
+    )
+    .await;
+}

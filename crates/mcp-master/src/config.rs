@@ -253,6 +253,20 @@ impl Config {
         Ok(())
     }
 
+    /// The internal zone, `svc.mcp.<domain>`.
+    pub fn internal_zone(&self) -> String {
+        format!("svc.mcp.{}", self.domain)
+    }
+
+    /// Is `hostname` the internal zone or a name in it (never public)?
+    pub fn hostname_internal(&self, hostname: &str) -> bool {
+        let zone = self.internal_zone();
+        hostname == zone
+            || hostname
+                .strip_suffix(zone.as_str())
+                .is_some_and(|p| p.ends_with('.'))
+    }
+
     /// Is `hostname` equal to, or a subdomain of, an allowed domain?
     pub fn hostname_allowed(&self, hostname: &str) -> bool {
         self.allowed_domains.iter().any(|d| {
@@ -298,6 +312,10 @@ role = "admin"
         assert!(c.hostname_allowed("photos.wntrmute.net"));
         assert!(!c.hostname_allowed("evilmetacircular.net"));
         assert!(!c.hostname_allowed("example.org"));
+        assert!(c.hostname_internal("photos.svc.mcp.metacircular.net"));
+        assert!(c.hostname_internal("svc.mcp.metacircular.net"));
+        assert!(!c.hostname_internal("svc.metacircular.net"));
+        assert!(!c.hostname_internal("xsvc.mcp.metacircular.net"));
     }
 
     #[test]

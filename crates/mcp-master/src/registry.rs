@@ -271,6 +271,28 @@ impl Registry {
         newest(&facts, service).map(|(n, _)| n.name.clone())
     }
 
+    /// Every public hostname the services on the fleet claim, with the service
+    /// claiming it (from each copy's deployed spec).
+    pub fn public_hostnames(&self) -> BTreeMap<String, String> {
+        let mut claimed = BTreeMap::new();
+        for node in self.read().values() {
+            for service in &node.services {
+                let Some(spec) = &service.spec else { continue };
+                for route in spec
+                    .components
+                    .iter()
+                    .flat_map(|c| &c.routes)
+                    .filter(|r| r.public)
+                {
+                    if let Some(host) = &route.hostname {
+                        claimed.insert(host.to_ascii_lowercase(), service.name.clone());
+                    }
+                }
+            }
+        }
+        claimed
+    }
+
     /// Forgets `node`'s copy of `service` if it is still the one of `generation` (the
     /// reconcile loop removed it).
     pub fn drop_copy(&self, node: &str, service: &str, generation: u64) {

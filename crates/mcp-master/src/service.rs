@@ -42,6 +42,50 @@ pub fn from_agent(node: &str, status: Status) -> Status {
 }
 
 impl MasterService {
+    /// The public hostname rules of a deploy (SPEC §6 step 2): each hostname is
+    /// equal to or under one of `allowed_domains`, is never an internal name
+    /// (`*.svc.mcp.<domain>`), and is claimed by one service only, in this batch
+    /// and across the fleet. One line per problem, naming where.
+    fn hostname_problems(&self, defs: &[ServiceDef]) -> Vec<String> {
+        let config = &self.state.config;
+        let mut claimed = self.state.registry.public_hostnames();
+        let mut problems = Vec::new();
+        for def in defs {
+            for c in &def.components {
+                for route in c.routes.iter().filter(|r| r.public) {
+                    let Some(host) = &route.hostname else {
+                        continue;
+                    };
+                    let host = host.to_ascii_lowercase();
+                    let at = format!(
+                        "{}: components.{}.routes.{}.hostname: {host}",
+                        def.name, c.name, route.name
+                    );
+                    if config.hostname_internal(&host) {
+                        problems.push(format!(
+                            "{at} is an internal name (*.{}), never a public one",
+                            config.internal_zone()
+                        ));
+                    } else if !config.hostname_allowed(&host) {
+                        problems.push(format!(
+                            "{at} is not in allowed_domains [{}]",
+                            config.allowed_domains.join(", ")
+                        ));
+                    }
+                    match claimed.get(&host) {
+                        Some(other) if *other != def.name => problems.push(format!(
+                            "{at} is already the public hostname of service {other:?}"
+                        )),
+                        _ => {
+                            claimed.insert(host, def.name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+
     fn node_for(&self, service: &str) -> Result<NodeEntry, Status> {
         let registry = &self.state.registry;
         let name = registry
@@ -205,23 +249,7 @@ impl Master for MasterService {
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        for def in &defs {
-            for c in &def.components {
-                for route in c.routes.iter().filter(|r| r.public) {
-                    if let Some(host) = &route.hostname {
-                        if !self.state.config.hostname_allowed(host) {
-                            problems.push(format!(
-                                "{}: components.{}.routes.{}.hostname: {host} is not in allowed_domains [{}]",
-                                def.name,
-                                c.name,
-                                route.name,
-                                self.state.config.allowed_domains.join(", ")
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        problems.extend(self.hostname_problems(&defs));
         if !problems.is_empty() {
             return Err(Status::invalid_argument(problems.join("\n")));
         }

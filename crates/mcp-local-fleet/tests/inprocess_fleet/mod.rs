@@ -108,6 +108,7 @@ impl InProcess {
             .collect();
         let text = format!(
             "node = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\ndomain = \"metacircular.net\"\n\
+             allowed_domains = [\"metacircular.net\"]\n\
              heartbeat_interval = \"100ms\"\nmissed_heartbeats = 3\nprobe_timeout = \"200ms\"\n\
              bootstrap_nodes = [{}]\n",
             self.nodes[0],
