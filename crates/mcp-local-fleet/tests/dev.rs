@@ -94,6 +94,8 @@ fn mcp_dev_runs_the_seed_fleet() {
         "pids/master.pid",
         "pids/svc.pid",
         "svc/proxy.toml",
+        "public-ca.pem",
+        "master/public-ca.pem",
         "logs/mc-proxy.log",
         "pids/mc-proxy.pid",
         "admin-password",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use mcp_pki::ca::{write_file, Ca};
+use mcp_pki::ca::{write_file, Ca, CaKind};
 use mcp_pki::introspect::Introspector;
 use mcp_pki::join::JoinToken;
 use mcp_pki::tls::{ClientAuth, Identity};
@@ -22,10 +22,11 @@ use crate::config::Config;
 const JOIN_SECRET: &str = "join-secret";
 const TOKEN_KEY: &str = "token-key";
 
-/// `mcp-master init`: creates the CA, the join secret and the token key; returns
-/// the join token.
+/// `mcp-master init`: creates the fleet CA, the public CA (`public-ca.pem`), the
+/// join secret and the token key; returns the join token.
 pub fn init(data_dir: &Path) -> anyhow::Result<Secret> {
     let ca = Ca::create(data_dir)?;
+    Ca::create_kind(data_dir, CaKind::Public)?;
     let secret = JoinToken::generate_secret()
         .map_err(|_| anyhow::anyhow!("no randomness for the join secret"))?;
     write_file(
@@ -65,6 +66,8 @@ pub fn join_token(data_dir: &Path) -> anyhow::Result<Secret> {
 /// Everything the running master needs for TLS, enrollment and operator tokens.
 pub struct Security {
     pub ca: Ca,
+    /// The embedded issuer of the edge's public certificates.
+    pub public_ca: Ca,
     join_secret: Secret,
     token_key: TokenKey,
     introspector: Option<Introspector>,
@@ -83,6 +86,15 @@ impl Security {
     pub fn load(config: &Config) -> anyhow::Result<Security> {
         let dir = &config.data_dir;
         let ca = Ca::load(dir)?;
+        // A data dir made before the public CA existed gets one now.
+        let public_ca = match Ca::load_kind(dir, CaKind::Public) {
+            Ok(ca) => ca,
+            Err(mcp_pki::PkiError::NotInitialised { .. }) => {
+                tracing::info!(dir = %dir.display(), "creating the public CA (public-ca.pem)");
+                Ca::create_kind(dir, CaKind::Public)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let join_secret = read_secret(dir, JOIN_SECRET)?;
         let key_hex = read_secret(dir, TOKEN_KEY)?;
         let key_bytes = hex::decode(key_hex.expose()).context("token-key is not hex")?;
@@ -115,6 +127,7 @@ impl Security {
         };
         Ok(Security {
             ca,
+            public_ca,
             join_secret,
             token_key,
             introspector,

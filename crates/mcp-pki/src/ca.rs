@@ -1,5 +1,8 @@
-//! The fleet CA: created once by `mcp-master init` (key mode 0600), loaded by the
-//! master at start, and the only issuer of node, master and service certificates.
+//! The master's two CAs, each created once by `mcp-master init` (key mode 0600)
+//! and loaded at start: the fleet CA, the only issuer of node, master and
+//! service certificates, and the public CA, the embedded issuer of the edge's
+//! public certificates (SPEC §7), kept apart so a client can trust the edge
+//! without trusting the fleet.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,6 +24,37 @@ pub const CA_CERT: &str = "ca.pem";
 /// CA key file in the master's data dir (mode 0600).
 pub const CA_KEY: &str = "ca-key.pem";
 
+/// Public CA certificate file in the master's data dir.
+pub const PUBLIC_CA_CERT: &str = "public-ca.pem";
+/// Public CA key file in the master's data dir (mode 0600).
+pub const PUBLIC_CA_KEY: &str = "public-ca-key.pem";
+
+/// Which of the master's CAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaKind {
+    /// Node, master and service certificates.
+    Fleet,
+    /// The edge's public certificates.
+    Public,
+}
+
+impl CaKind {
+    /// (certificate file, key file) in the data dir.
+    pub fn files(self) -> (&'static str, &'static str) {
+        match self {
+            CaKind::Fleet => (CA_CERT, CA_KEY),
+            CaKind::Public => (PUBLIC_CA_CERT, PUBLIC_CA_KEY),
+        }
+    }
+
+    fn common_name(self) -> &'static str {
+        match self {
+            CaKind::Fleet => "MCP fleet CA",
+            CaKind::Public => "MCP public CA",
+        }
+    }
+}
+
 /// Writes a file with the given mode, replacing it atomically.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
@@ -36,10 +70,10 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     std::fs::rename(&tmp, path).map_err(io("rename", path))
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(kind: CaKind) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "MCP fleet CA");
+    dn.push(DnType::CommonName, kind.common_name());
     dn.push(DnType::OrganizationName, "mcp");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -80,29 +114,41 @@ fn offset(t: SystemTime) -> time::OffsetDateTime {
 }
 
 impl Ca {
-    /// Creates the CA in `dir`; refuses to overwrite one.
+    /// Creates the fleet CA in `dir`; refuses to overwrite one.
     pub fn create(dir: &Path) -> Result<Ca, PkiError> {
+        Ca::create_kind(dir, CaKind::Fleet)
+    }
+
+    /// Loads the fleet CA from `dir`.
+    pub fn load(dir: &Path) -> Result<Ca, PkiError> {
+        Ca::load_kind(dir, CaKind::Fleet)
+    }
+
+    /// Creates a CA of `kind` in `dir`; refuses to overwrite one.
+    pub fn create_kind(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
+        let (cert_file, key_file) = kind.files();
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        if dir.join(CA_CERT).exists() || dir.join(CA_KEY).exists() {
+        if dir.join(cert_file).exists() || dir.join(key_file).exists() {
             return Err(PkiError::AlreadyInitialised {
                 dir: dir.display().to_string(),
             });
         }
         let key = KeyPair::generate()?;
-        let mut params = ca_params();
+        let mut params = ca_params(kind);
         let now = SystemTime::now();
         params.not_before = offset(now - Duration::from_secs(300));
         params.not_after = offset(now + Duration::from_secs(10 * 365 * 86400));
         let cert = params.self_signed(&key)?;
-        write_file(&dir.join(CA_KEY), key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&dir.join(CA_CERT), cert.pem().as_bytes(), 0o644)?;
-        Ca::load(dir)
+        write_file(&dir.join(key_file), key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&dir.join(cert_file), cert.pem().as_bytes(), 0o644)?;
+        Ca::load_kind(dir, kind)
     }
 
-    /// Loads the CA from `dir`.
-    pub fn load(dir: &Path) -> Result<Ca, PkiError> {
-        let cert_path = dir.join(CA_CERT);
-        let key_path = dir.join(CA_KEY);
+    /// Loads the CA of `kind` from `dir`.
+    pub fn load_kind(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
+        let (cert_file, key_file) = kind.files();
+        let cert_path = dir.join(cert_file);
+        let key_path = dir.join(key_file);
         if !cert_path.exists() || !key_path.exists() {
             return Err(PkiError::NotInitialised {
                 dir: dir.display().to_string(),
@@ -115,7 +161,7 @@ impl Ca {
             .map_err(|e| PkiError::Invalid(format!("{}: {e}", cert_path.display())))?;
         // The issuer is rebuilt from the same parameters the CA was made with, so
         // issued certificates name it exactly as its own certificate does.
-        let issuer = Issuer::new(ca_params(), key);
+        let issuer = Issuer::new(ca_params(kind), key);
         Ok(Ca {
             cert_pem,
             cert_der,
@@ -190,6 +236,29 @@ pub(crate) mod tests {
         let long = issue_one(Duration::from_secs(90 * 86400));
         let (not_before, not_after) = validity(&long).unwrap();
         assert_eq!(secs(not_after) - secs(not_before), 90 * 86400 + 300);
+    }
+
+    #[test]
+    fn the_public_ca_is_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Ca::create(dir.path()).unwrap();
+        let public = Ca::create_kind(dir.path(), CaKind::Public).unwrap();
+        assert!(dir.path().join(PUBLIC_CA_CERT).is_file());
+        let mode = std::fs::metadata(dir.path().join(PUBLIC_CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(fleet.cert_pem(), public.cert_pem());
+        let edge = public
+            .issue(&["photos.example".to_string()], Duration::from_secs(600))
+            .unwrap();
+        let der = cert_from_pem(&edge.cert_pem).unwrap();
+        assert!(chains_to(&der, public.cert_der()));
+        assert!(!chains_to(&der, fleet.cert_der()));
+        assert!(Ca::create_kind(dir.path(), CaKind::Public).is_err());
+        let again = Ca::load_kind(dir.path(), CaKind::Public).unwrap();
+        assert_eq!(again.cert_pem(), public.cert_pem());
     }
 
     #[test]
