@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod edge;
 pub mod host;
 pub mod node;
 pub mod process;
@@ -135,9 +136,28 @@ async fn serve(
         .with_context(|| format!("listen on {}", config.listen))?;
     let server_transport = ServerTransport::with_tls(tls.server.clone());
     let nudge = Arc::new(tokio::sync::Notify::new());
+    // An edge programs its mc-proxy from its own table (SPEC §7).
+    let edge = match (&config.role, &config.proxy_admin_socket) {
+        (mcp_types::Role::Edge, Some(socket)) => {
+            let ca_path = data_dir.join(security::CA_FILE);
+            let fleet_ca_pem = std::fs::read_to_string(&ca_path)
+                .with_context(|| format!("read the fleet CA {}", ca_path.display()))?;
+            let edge_store = store::Store::open(&data_dir.join("agent.db"))?;
+            Some(Arc::new(edge::Edge::new(
+                edge_store,
+                socket.clone(),
+                fleet_ca_pem,
+            )))
+        }
+        _ => None,
+    };
+    let resync = edge
+        .clone()
+        .map(|e| tokio::spawn(e.resync_loop(shutdown.clone())));
     let service = server::AgentService {
         node: node.clone(),
         nudge: nudge.clone(),
+        edge,
     };
     let register = tokio::spawn(register::run(
         config.clone(),
@@ -165,5 +185,8 @@ async fn serve(
     let _ = register.await;
     let _ = renew.await;
     let _ = renew_node_cert.await;
+    if let Some(r) = resync {
+        let _ = r.await;
+    }
     Ok(())
 }

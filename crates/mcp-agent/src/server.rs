@@ -19,6 +19,28 @@ pub struct AgentService {
     pub node: Arc<Node>,
     /// Wakes the registration loop: a probe from a master that lost this node.
     pub nudge: Arc<tokio::sync::Notify>,
+    /// An edge node's routes and its mc-proxy; None on a worker.
+    pub edge: Option<Arc<crate::edge::Edge>>,
+}
+
+impl AgentService {
+    /// The edge, or the refusal a worker gives edge RPCs.
+    fn edge(&self) -> Result<&Arc<crate::edge::Edge>, Status> {
+        self.edge.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "node {} is a worker: edge routes are set up on an edge node (role = \"edge\")",
+                self.node.name
+            ))
+        })
+    }
+}
+
+/// The one mapping from edge errors to gRPC statuses.
+fn edge_status(error: crate::edge::EdgeError) -> Status {
+    match error {
+        crate::edge::EdgeError::Invalid(m) => Status::invalid_argument(m),
+        crate::edge::EdgeError::Internal(e) => Status::internal(format!("{e:#}")),
+    }
 }
 
 /// The one mapping from node errors to gRPC statuses.
@@ -204,6 +226,46 @@ impl Agent for AgentService {
             node: self.node.name.clone(),
             version: crate::VERSION.to_string(),
         }))
+    }
+
+    async fn setup_edge_route(
+        &self,
+        request: Request<wire::SetupEdgeRouteRequest>,
+    ) -> Result<Response<wire::SetupEdgeRouteReply>, Status> {
+        let edge = self.edge()?;
+        let route = request
+            .into_inner()
+            .route
+            .ok_or_else(|| Status::invalid_argument("route: missing"))?;
+        let replaced = edge.setup(route).await.map_err(edge_status)?;
+        Ok(Response::new(wire::SetupEdgeRouteReply { replaced }))
+    }
+
+    async fn remove_edge_route(
+        &self,
+        request: Request<wire::RemoveEdgeRouteRequest>,
+    ) -> Result<Response<wire::RemoveEdgeRouteReply>, Status> {
+        let edge = self.edge()?;
+        let hostname = request.into_inner().hostname;
+        let removed = edge.remove(&hostname).await.map_err(edge_status)?;
+        Ok(Response::new(wire::RemoveEdgeRouteReply { removed }))
+    }
+
+    async fn list_edge_routes(
+        &self,
+        _request: Request<wire::ListEdgeRoutesRequest>,
+    ) -> Result<Response<wire::ListEdgeRoutesReply>, Status> {
+        let edge = self.edge()?;
+        let routes = edge
+            .routes()
+            .map_err(|e| Status::internal(format!("{e:#}")))?
+            .into_iter()
+            .map(|mut r| {
+                r.key_pem.clear();
+                r
+            })
+            .collect();
+        Ok(Response::new(wire::ListEdgeRoutesReply { routes }))
     }
 }
 

@@ -72,7 +72,7 @@ pub struct Store {
 }
 
 /// The schema this agent writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The format of the stored definition JSON this agent writes.
 pub const SPEC_FORMAT: u64 = 1;
@@ -101,6 +101,12 @@ CREATE TABLE IF NOT EXISTS ports (
     PRIMARY KEY (service, component, route)
 );
 ALTER TABLE services ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+    // 1 -> 2. An edge node's public routes (`route`: versioned JSON, see `edge`).
+    "CREATE TABLE edge_routes (
+    hostname TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);",
 ];
 
 fn now() -> i64 {
@@ -254,6 +260,42 @@ impl Store {
     }
 
     /// Every host port recorded for any service.
+    /// Stores an edge route (its JSON); whether it replaced one.
+    pub fn put_edge_route(&self, hostname: &str, route: &str) -> anyhow::Result<bool> {
+        let conn = self.conn();
+        let had: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM edge_routes WHERE hostname = ?1",
+                [hostname],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+        conn.execute(
+            "INSERT INTO edge_routes (hostname, route, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(hostname) DO UPDATE SET route = excluded.route, updated_at = excluded.updated_at",
+            rusqlite::params![hostname, route, now()],
+        )?;
+        Ok(had)
+    }
+
+    /// Removes an edge route; whether there was one.
+    pub fn remove_edge_route(&self, hostname: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?
+            > 0)
+    }
+
+    /// Every edge route's JSON, by hostname.
+    pub fn edge_routes(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT hostname, route FROM edge_routes ORDER BY hostname")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
+        Ok(rows)
+    }
+
     pub fn used_ports(&self) -> anyhow::Result<Vec<u16>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT host_port FROM ports")?;

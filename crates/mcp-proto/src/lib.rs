@@ -49,4 +49,7 @@ pub const AGENT_RPCS: &[&str] = &[
     "ListServices",
     "Logs",
     "Probe",
+    "SetupEdgeRoute",
+    "RemoveEdgeRoute",
+    "ListEdgeRoutes",
 ];

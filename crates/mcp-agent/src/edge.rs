@@ -1,0 +1,359 @@
+//! An edge node's public routes (SPEC §7): validated, committed to `agent.db`
+//! (`edge_routes`, one versioned JSON row per hostname) before mc-proxy is
+//! programmed through its admin socket, and re-applied whenever mc-proxy's
+//! table differs from the agent's (its start, a restart of mc-proxy, a change
+//! made behind the agent's back). mc-proxy's own `routes.db` keeps serving
+//! while the agent is down; the agent owns the proxy's table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mcp_proto::agent::v1::EdgeRoute;
+use mcp_proto::mcproxy::admin::v1::{self as admin, admin_client::AdminClient};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::store::Store;
+
+/// The format of a stored edge route.
+const ROUTE_FORMAT: u64 = 1;
+/// How often mc-proxy's table is compared with the agent's.
+const RESYNC: Duration = Duration::from_secs(2);
+
+/// Why an edge route was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// The edge's routes and the mc-proxy it programs.
+pub struct Edge {
+    store: Store,
+    socket: PathBuf,
+    /// The fleet CA (PEM): what an l7 route's TLS backend is verified against.
+    fleet_ca_pem: String,
+    /// Wakes the resync loop after a change.
+    changed: tokio::sync::Notify,
+}
+
+/// Checks a route from the master.
+pub fn validate(r: &EdgeRoute) -> Result<(), String> {
+    let host = r.hostname.strip_prefix("*.").unwrap_or(&r.hostname);
+    mcp_types::name::check_hostname(host).map_err(|e| format!("hostname: {e}"))?;
+    let (bhost, port) = r
+        .backend
+        .rsplit_once(':')
+        .ok_or_else(|| format!("backend {:?}: not host:port", r.backend))?;
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) || bhost.is_empty() {
+        return Err(format!("backend {:?}: not host:port", r.backend));
+    }
+    match r.mode.as_str() {
+        "l4" => {
+            if !r.cert_pem.is_empty() || !r.key_pem.is_empty() {
+                return Err("cert_pem, key_pem: only for l7 routes".into());
+            }
+        }
+        "l7" => {
+            if r.cert_pem.is_empty() || r.key_pem.is_empty() {
+                return Err("cert_pem and key_pem: required for l7 routes".into());
+            }
+        }
+        other => return Err(format!("mode {other:?}: not l4 or l7")),
+    }
+    Ok(())
+}
+
+fn encode(r: &EdgeRoute) -> String {
+    serde_json::json!({
+        "v": ROUTE_FORMAT,
+        "hostname": r.hostname,
+        "service": r.service,
+        "component": r.component,
+        "route": r.route,
+        "backend": r.backend,
+        "mode": r.mode,
+        "backend_tls": r.backend_tls,
+        "backend_name": r.backend_name,
+        "proxy_protocol": r.proxy_protocol,
+        "cert_pem": r.cert_pem,
+        "key_pem": r.key_pem,
+    })
+    .to_string()
+}
+
+fn decode(text: &str) -> anyhow::Result<EdgeRoute> {
+    let v: serde_json::Value = serde_json::from_str(text).context("edge route JSON")?;
+    let format = v["v"].as_u64().unwrap_or(0);
+    if format != ROUTE_FORMAT {
+        anyhow::bail!(
+            "edge route format {format}: this agent reads {ROUTE_FORMAT}; run a newer mcp-agent"
+        );
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let b = |k: &str| v[k].as_bool().unwrap_or(false);
+    Ok(EdgeRoute {
+        hostname: s("hostname"),
+        service: s("service"),
+        component: s("component"),
+        route: s("route"),
+        backend: s("backend"),
+        mode: s("mode"),
+        backend_tls: b("backend_tls"),
+        backend_name: s("backend_name"),
+        proxy_protocol: b("proxy_protocol"),
+        cert_pem: s("cert_pem"),
+        key_pem: s("key_pem"),
+    })
+}
+
+/// What mc-proxy is asked to serve for a route.
+fn to_admin(r: &EdgeRoute, fleet_ca_pem: &str) -> admin::Route {
+    let l7 = r.mode == "l7";
+    admin::Route {
+        hostname: r.hostname.clone(),
+        backend: r.backend.clone(),
+        mode: r.mode.clone(),
+        backend_tls: !l7 || r.backend_tls,
+        backend_name: if l7 {
+            r.backend_name.clone()
+        } else {
+            String::new()
+        },
+        proxy_protocol: r.proxy_protocol,
+        cert_pem: r.cert_pem.clone(),
+        key_pem: r.key_pem.clone(),
+        backend_ca_pem: if l7 && r.backend_tls {
+            fleet_ca_pem.to_string()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// The fields ListRoutes shows (it leaves keys out), to compare tables.
+fn shown(r: &admin::Route) -> (String, String, String, bool, String, bool) {
+    (
+        r.hostname.clone(),
+        r.backend.clone(),
+        if r.mode.is_empty() {
+            "l4".into()
+        } else {
+            r.mode.clone()
+        },
+        r.backend_tls,
+        r.backend_name.clone(),
+        r.proxy_protocol,
+    )
+}
+
+impl Edge {
+    pub fn new(store: Store, socket: PathBuf, fleet_ca_pem: String) -> Edge {
+        Edge {
+            store,
+            socket,
+            fleet_ca_pem,
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The stored routes.
+    pub fn routes(&self) -> anyhow::Result<Vec<EdgeRoute>> {
+        self.store
+            .edge_routes()?
+            .iter()
+            .map(|(_, json)| decode(json))
+            .collect()
+    }
+
+    /// Commits `route`, then programs mc-proxy. A proxy that cannot be reached
+    /// is not an error: the route is committed and the resync loop applies it.
+    pub async fn setup(&self, route: EdgeRoute) -> Result<bool, EdgeError> {
+        validate(&route)
+            .map_err(|e| EdgeError::Invalid(format!("route {}: {e}", route.hostname)))?;
+        let replaced = self
+            .store
+            .put_edge_route(&route.hostname, &encode(&route))
+            .map_err(EdgeError::Internal)?;
+        let wire = to_admin(&route, &self.fleet_ca_pem);
+        match self.client().await {
+            Ok(mut c) => match c
+                .add_route(admin::AddRouteRequest { route: Some(wire) })
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == mcp_proto::tonic::Code::InvalidArgument => {
+                    // mc-proxy refused the material: take the route back out.
+                    let _ = self.store.remove_edge_route(&route.hostname);
+                    return Err(EdgeError::Invalid(format!(
+                        "route {}: mc-proxy refused it: {}",
+                        route.hostname,
+                        s.message()
+                    )));
+                }
+                Err(s) => {
+                    warn!(hostname = %route.hostname, error = %s.message(), "program mc-proxy: the resync will retry")
+                }
+            },
+            Err(e) => {
+                warn!(hostname = %route.hostname, error = %format!("{e:#}"), "mc-proxy unreachable: the resync will apply the route")
+            }
+        }
+        self.changed.notify_one();
+        info!(hostname = %route.hostname, backend = %route.backend, mode = %route.mode, replaced, "edge route set up");
+        Ok(replaced)
+    }
+
+    /// Removes the route of `hostname` from the database and from mc-proxy.
+    pub async fn remove(&self, hostname: &str) -> Result<bool, EdgeError> {
+        let removed = self
+            .store
+            .remove_edge_route(hostname)
+            .map_err(EdgeError::Internal)?;
+        if let Ok(mut c) = self.client().await {
+            if let Err(s) = c
+                .remove_route(admin::RemoveRouteRequest {
+                    hostname: hostname.to_string(),
+                })
+                .await
+            {
+                warn!(hostname, error = %s.message(), "remove from mc-proxy: the resync will retry");
+            }
+        }
+        self.changed.notify_one();
+        info!(hostname, removed, "edge route removed");
+        Ok(removed)
+    }
+
+    async fn client(&self) -> anyhow::Result<AdminClient<mcp_proto::tonic::transport::Channel>> {
+        let channel = mcp_proto::transport::unix::connect(&self.socket)
+            .await
+            .with_context(|| format!("mc-proxy admin socket {}", self.socket.display()))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Makes mc-proxy's table the agent's: adds what is missing or different,
+    /// removes what the agent does not hold. Returns the changes made.
+    pub async fn apply(&self) -> anyhow::Result<usize> {
+        let want = self.routes()?;
+        let mut c = self.client().await?;
+        let have = c
+            .list_routes(admin::ListRoutesRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("ListRoutes: {}", s.message()))?
+            .into_inner()
+            .routes;
+        let mut changes = 0;
+        for r in &want {
+            let wire = to_admin(r, &self.fleet_ca_pem);
+            if !have.iter().any(|h| shown(h) == shown(&wire)) {
+                c.add_route(admin::AddRouteRequest { route: Some(wire) })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("AddRoute {}: {}", r.hostname, s.message()))?;
+                changes += 1;
+            }
+        }
+        for h in &have {
+            if !want.iter().any(|r| r.hostname == h.hostname) {
+                c.remove_route(admin::RemoveRouteRequest {
+                    hostname: h.hostname.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("RemoveRoute {}: {}", h.hostname, s.message()))?;
+                changes += 1;
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Re-applies the table at start, after each change, and every few
+    /// seconds (so a restarted mc-proxy gets it back), until `shutdown`.
+    pub async fn resync_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut last_error: Option<String> = None;
+        loop {
+            match self.apply().await {
+                Ok(0) => {
+                    if last_error.take().is_some() {
+                        info!("mc-proxy's routes match the agent's again");
+                    }
+                }
+                Ok(n) => {
+                    last_error = None;
+                    info!(
+                        changes = n,
+                        "mc-proxy's routes re-applied from the agent's database"
+                    );
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        warn!(error = %text, "re-apply edge routes: retrying");
+                    }
+                    last_error = Some(text);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RESYNC) => {}
+                () = self.changed.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(mode: &str) -> EdgeRoute {
+        EdgeRoute {
+            hostname: "photos.example.net".into(),
+            service: "photos".into(),
+            component: "web".into(),
+            route: "https".into(),
+            backend: "127.0.0.12:41000".into(),
+            mode: mode.into(),
+            backend_tls: true,
+            backend_name: "photos.svc.mcp.example.net".into(),
+            proxy_protocol: false,
+            cert_pem: if mode == "l7" {
+                "C".into()
+            } else {
+                String::new()
+            },
+            key_pem: if mode == "l7" {
+                "K".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    #[test]
+    fn validation_and_encoding() {
+        assert!(validate(&route("l4")).is_ok());
+        assert!(validate(&route("l7")).is_ok());
+        let bad = |f: &dyn Fn(&mut EdgeRoute), want: &str| {
+            let mut r = route("l7");
+            f(&mut r);
+            let e = validate(&r).expect_err(want);
+            assert!(e.contains(want), "{e} lacks {want}");
+        };
+        bad(&|r| r.hostname = "bad name".into(), "hostname");
+        bad(&|r| r.backend = "nowhere".into(), "not host:port");
+        bad(&|r| r.backend = "h:0".into(), "not host:port");
+        bad(&|r| r.mode = "l5".into(), "not l4 or l7");
+        bad(&|r| r.key_pem.clear(), "required for l7");
+        let again = decode(&encode(&route("l7"))).expect("decode");
+        assert_eq!(again, route("l7"));
+        assert!(decode("{\"v\":2}").is_err());
+        let a = to_admin(&route("l7"), "CA");
+        assert_eq!(a.backend_ca_pem, "CA");
+        let a = to_admin(&route("l4"), "CA");
+        assert!(a.backend_tls && a.backend_ca_pem.is_empty() && a.backend_name.is_empty());
+    }
+}
