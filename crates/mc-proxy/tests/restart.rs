@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Each test its own address, so their free ports never collide.
 const PROXY_IP: &str = "127.0.0.203";
+const HANDOVER_IP: &str = "127.0.0.204";
 const BIN: &str = env!("CARGO_BIN_EXE_mc-proxy");
 /// The L7 name with its own public certificate (the L4 one is HOST).
 const L7_HOST: &str = "web.app.example";
@@ -34,10 +36,10 @@ struct Setup {
     socket: PathBuf,
 }
 
-fn setup(dir: &Path) -> Setup {
-    let port = |_| free_port(PROXY_IP);
+fn setup(dir: &Path, ip: &str) -> Setup {
+    let port = |_| free_port(ip);
     let [listen, http, metrics]: [SocketAddr; 3] =
-        [0, 1, 2].map(|i| format!("{PROXY_IP}:{}", port(i)).parse().expect("addr"));
+        [0, 1, 2].map(|i| format!("{ip}:{}", port(i)).parse().expect("addr"));
     let socket = dir.join("run").join("admin.sock");
     let config = dir.join("proxy.toml");
     std::fs::write(
@@ -139,7 +141,7 @@ fn curl_l7(ca: &Path, listen: SocketAddr, path: &str) -> Output {
 async fn an_l7_route_from_the_cli_serves_again_after_sigkill_with_metrics_and_redirect() {
     let pki = Pki::new();
     let b = backend(&pki, None).await;
-    let s = setup(pki.dir.path());
+    let s = setup(pki.dir.path(), PROXY_IP);
     let (cert, key) = public_cert(&pki, &[L7_HOST], "web");
     let (other_cert, other_key) = public_cert(&pki, &["other.example"], "other");
     let mut proxy = start(&s.config);
@@ -301,7 +303,7 @@ async fn a_second_mc_proxy_takes_the_sockets_over_under_load_and_refuses_none() 
     let plain = backend(&pki, None).await;
     // The L4 backend holds its own certificate (fleet CA) for HOST.
     let tls = backend(&pki, Some(HOST)).await;
-    let s = setup(pki.dir.path());
+    let s = setup(pki.dir.path(), HANDOVER_IP);
     let (cert, key) = public_cert(&pki, &[L7_HOST], "web");
     let _first_guard;
     let mut first = start(&s.config);
