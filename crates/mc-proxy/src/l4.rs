@@ -188,6 +188,25 @@ async fn splice_copy(
     }
 }
 
+/// Connects to a backend for a client (both modes): TCP_NODELAY, and first of
+/// all the PROXY v2 header when `proxy` gives (client, address it reached).
+/// No timeout here: each caller bounds its whole dial.
+pub async fn connect_backend(
+    backend: &crate::routes::Backend,
+    proxy: Option<(SocketAddr, SocketAddr)>,
+) -> io::Result<TcpStream> {
+    use crate::routes::Backend;
+    let mut tcp = match backend {
+        Backend::Addr(a) => TcpStream::connect(a).await?,
+        Backend::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await?,
+    };
+    tcp.set_nodelay(true)?;
+    if let Some((peer, local)) = proxy {
+        tcp.write_all(&proxy_v2_header(peer, local)).await?;
+    }
+    Ok(tcp)
+}
+
 /// The PROXY protocol v2 header (PROXY command, TCP) that tells the backend the
 /// client's address `src` and the address it reached, `dst`. Mixed families are
 /// sent as IPv6 with the IPv4 address mapped.

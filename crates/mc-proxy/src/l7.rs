@@ -30,7 +30,7 @@ use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream as ClientTls;
 use tracing::{debug, warn};
@@ -331,14 +331,7 @@ struct Connector {
 impl Connector {
     async fn connect(self) -> io::Result<TokioIo<BackendIo>> {
         let dial = async {
-            let mut tcp = match &self.backend {
-                Backend::Addr(a) => TcpStream::connect(a).await?,
-                Backend::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await?,
-            };
-            tcp.set_nodelay(true)?;
-            if let Some((peer, local)) = self.proxy {
-                tcp.write_all(&l4::proxy_v2_header(peer, local)).await?;
-            }
+            let tcp = l4::connect_backend(&self.backend, self.proxy).await?;
             match &self.tls {
                 None => Ok(BackendIo::Plain(tcp)),
                 Some((connector, name)) => {

@@ -405,20 +405,19 @@ impl Proxy {
         peer: SocketAddr,
         client: &TcpStream,
     ) -> io::Result<TcpStream> {
-        let target = route.backend.to_string();
-        let mut backend = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.as_str()))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect {target}: timed out"),
-                )
-            })??;
-        backend.set_nodelay(true)?;
-        if route.proxy_protocol {
-            let local = client.local_addr()?;
-            backend.write_all(&l4::proxy_v2_header(peer, local)).await?;
-        }
+        let proxy = match route.proxy_protocol {
+            true => Some((peer, client.local_addr()?)),
+            false => None,
+        };
+        let mut backend =
+            tokio::time::timeout(DIAL_TIMEOUT, l4::connect_backend(&route.backend, proxy))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect {}: timed out", route.backend),
+                    )
+                })??;
         backend.write_all(hello).await?;
         Ok(backend)
     }

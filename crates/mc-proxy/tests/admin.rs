@@ -8,16 +8,17 @@
 
 mod common;
 
+use common::cli::{mc_proxy, text, BIN};
+
 use common::{free_port, Child};
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PROXY_IP: &str = "127.0.0.181";
 const BACKEND_IP: &str = "127.0.0.182";
-const BIN: &str = env!("CARGO_BIN_EXE_mc-proxy");
 
 fn wait_listening(addr: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -98,22 +99,6 @@ fn start_serving(config: &Path, listen: &str, socket: &Path) -> Child {
         std::thread::sleep(Duration::from_millis(20));
     }
     proxy
-}
-
-fn mc_proxy(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mc-proxy")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `openssl s_client -servername name` through the proxy; its output.

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::inproc::Running;
+
 use common::{free_port, Child};
 
 use std::net::SocketAddr;
@@ -16,10 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mc_proxy::l4::CopyMode;
-use mc_proxy::{Backend, Limits, Proxy, Route, Table};
+use mc_proxy::{Backend, Limits, Route, Table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const PROXY_IP: &str = "127.0.0.171";
 const BACKEND_IP: &str = "127.0.0.172";
@@ -36,26 +37,8 @@ fn limits(copy: CopyMode) -> Limits {
     }
 }
 
-/// A running proxy; dropping it stops it (the shutdown sender goes).
-struct Running {
-    proxy: Arc<Proxy>,
-    addr: SocketAddr,
-    _stop: watch::Sender<bool>,
-}
-
 async fn start_proxy(limits: Limits, table: Table) -> Running {
-    let listener = TcpListener::bind((PROXY_IP, 0)).await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy addr");
-    let proxy = Proxy::new(limits).expect("proxy");
-    proxy.set_routes(table);
-    let (stop, rx) = watch::channel(false);
-    let p = Arc::clone(&proxy);
-    tokio::spawn(async move { p.serve(listener, rx).await });
-    Running {
-        proxy,
-        addr,
-        _stop: stop,
-    }
+    common::inproc::start_proxy(PROXY_IP, limits, table).await
 }
 
 fn table(routes: &[(&str, SocketAddr)]) -> Table {

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod common;
 
-use common::backend::{backend, pattern_sha256, Pki, HOST};
+use common::inproc::Running;
+
+use common::backend::{backend, client_config, pattern_sha256, Pki, HOST};
 use mc_proxy::l4::CopyMode;
-use mc_proxy::{Backend, Limits, Proxy, Route, Table};
+use mc_proxy::{Backend, Limits, Route, Table};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 const PROXY_IP: &str = "127.0.0.201";
 
@@ -34,28 +35,8 @@ fn limits() -> Limits {
     }
 }
 
-/// A running proxy; dropping it stops it.
-struct Running {
-    proxy: Arc<Proxy>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start_proxy(limits: Limits, table: Table) -> Running {
-    let listener = TcpListener::bind((PROXY_IP, 0)).await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy addr");
-    let proxy = Proxy::new(limits).expect("proxy");
-    proxy.set_routes(table);
-    let (stop, rx) = watch::channel(false);
-    let p = Arc::clone(&proxy);
-    let task = tokio::spawn(async move { p.serve(listener, rx).await });
-    Running {
-        proxy,
-        addr,
-        stop,
-        task,
-    }
+    common::inproc::start_proxy(PROXY_IP, limits, table).await
 }
 
 fn one(name: &str, route: Route) -> Table {
@@ -174,20 +155,8 @@ async fn a_tls_backend_is_verified_against_the_fleet_ca_for_its_name() {
 
 /// A TLS client to the proxy with ALPN http/1.1, trusting the public CA.
 async fn tls_client(pki: &Pki, proxy: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(mcp_pki::cert::cert_from_pem(pki.public.cert_pem()).expect("ca"))
-        .expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(proxy).await.expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(client_config(pki.public.cert_pem()))
         .connect(HOST.try_into().expect("name"), tcp)
         .await
         .expect("TLS to the proxy")

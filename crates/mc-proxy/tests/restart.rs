@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::backend::{backend, Pki, HOST};
+use common::cli::{mc_proxy, text, BIN};
+
+use common::backend::{backend, client_config, Pki, HOST};
 use common::{free_port, Child};
 
 use std::net::SocketAddr;
@@ -24,7 +26,6 @@ use tokio::net::TcpStream;
 /// Each test its own address, so their free ports never collide.
 const PROXY_IP: &str = "127.0.0.203";
 const HANDOVER_IP: &str = "127.0.0.204";
-const BIN: &str = env!("CARGO_BIN_EXE_mc-proxy");
 /// The L7 name with its own public certificate (the L4 one is HOST).
 const L7_HOST: &str = "web.app.example";
 
@@ -71,22 +72,6 @@ fn start(config: &Path) -> Child {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mc-proxy"),
-    )
-}
-
-fn mc_proxy(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mc-proxy")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 
@@ -279,22 +264,6 @@ async fn one_request(
         tokio::time::timeout(Duration::from_secs(10), go).await,
         Ok(Some(true))
     )
-}
-
-fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(mcp_pki::cert::cert_from_pem(ca_pem).expect("ca"))
-        .expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

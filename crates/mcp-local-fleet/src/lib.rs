@@ -190,11 +190,6 @@ pub struct Fleet {
     pub agents: BTreeMap<String, Proc>,
 }
 
-/// The public CA's certificate file in the master's data dir.
-fn mcp_pki_public_ca() -> &'static str {
-    "public-ca.pem"
-}
-
 /// The port mc-proxy listens on at an edge node's address (SPEC §11: no
 /// root-only port).
 pub const PROXY_PORT: u16 = 8443;
@@ -425,7 +420,11 @@ impl Fleet {
         };
         fleet.start_master()?;
         // The embedded public CA's certificate, for clients of the edge (SPEC §11).
-        let public_ca = fleet.spec.dir.join("master").join(mcp_pki_public_ca());
+        let public_ca = fleet
+            .spec
+            .dir
+            .join("master")
+            .join(mcp_pki::ca::PUBLIC_CA_CERT);
         if public_ca.is_file() {
             std::fs::copy(&public_ca, fleet.spec.dir.join("public-ca.pem"))
                 .context("copy public-ca.pem")?;

@@ -107,6 +107,20 @@ fn edge_routes_are_committed_programmed_and_reapplied() {
         ..Default::default()
     };
 
+    // mc-proxy's table as the agent should keep it: (hostname, backend, mode).
+    let mut want = vec![
+        (
+            "auth.metacircular.net".to_string(),
+            l4.backend.clone(),
+            "l4".to_string(),
+        ),
+        (
+            "web.metacircular.net".to_string(),
+            l7.backend.clone(),
+            "l7".to_string(),
+        ),
+    ];
+    want.sort();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,19 +145,6 @@ fn edge_routes_are_committed_programmed_and_reapplied() {
             .routes;
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|r| r.key_pem.is_empty()), "keys listed");
-        let mut want = vec![
-            (
-                "auth.metacircular.net".to_string(),
-                l4.backend.clone(),
-                "l4".to_string(),
-            ),
-            (
-                "web.metacircular.net".to_string(),
-                l7.backend.clone(),
-                "l7".to_string(),
-            ),
-        ];
-        want.sort();
         assert_eq!(proxy_routes(&mc_proxy, &socket), want);
 
         // A key that is not the certificate's: mc-proxy refuses, nothing is kept.
@@ -186,19 +187,6 @@ fn edge_routes_are_committed_programmed_and_reapplied() {
         let _ = std::fs::remove_file(dir.join("svc/proxy").join(f));
     }
     fleet.start_proxy("svc").unwrap();
-    let mut want = vec![
-        (
-            "auth.metacircular.net".to_string(),
-            l4.backend.clone(),
-            "l4".to_string(),
-        ),
-        (
-            "web.metacircular.net".to_string(),
-            l7.backend.clone(),
-            "l7".to_string(),
-        ),
-    ];
-    want.sort();
     let back = eventually(Duration::from_secs(10), || {
         (proxy_routes(&mc_proxy, &socket) == want).then_some(())
     });

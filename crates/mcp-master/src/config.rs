@@ -260,22 +260,23 @@ impl Config {
 
     /// Is `hostname` the internal zone or a name in it (never public)?
     pub fn hostname_internal(&self, hostname: &str) -> bool {
-        let zone = self.internal_zone();
-        hostname == zone
-            || hostname
-                .strip_suffix(zone.as_str())
-                .is_some_and(|p| p.ends_with('.'))
+        at_or_under(hostname, &self.internal_zone())
     }
 
     /// Is `hostname` equal to, or a subdomain of, an allowed domain?
     pub fn hostname_allowed(&self, hostname: &str) -> bool {
-        self.allowed_domains.iter().any(|d| {
-            hostname == d
-                || hostname
-                    .strip_suffix(d.as_str())
-                    .is_some_and(|p| p.ends_with('.'))
-        })
+        self.allowed_domains
+            .iter()
+            .any(|d| at_or_under(hostname, d))
     }
+}
+
+/// Is `hostname` equal to `domain`, or a name under it (by whole labels)?
+fn at_or_under(hostname: &str, domain: &str) -> bool {
+    hostname == domain
+        || hostname
+            .strip_suffix(domain)
+            .is_some_and(|p| p.ends_with('.'))
 }
 
 #[cfg(test)]

@@ -269,3 +269,20 @@ pub async fn backend(pki: &Pki, tls_name: Option<&str>) -> SocketAddr {
     });
     addr
 }
+
+/// A rustls client config trusting the CA `ca_pem`, offering ALPN http/1.1.
+pub fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(mcp_pki::cert::cert_from_pem(ca_pem).expect("ca"))
+        .expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}

@@ -1,9 +1,14 @@
 //! Helpers shared by mc-proxy's integration tests: a child-process guard, a
-//! free port on a loopback address, and (`backend`) an HTTP backend with the
-//! edge's two CAs.
+//! free port on a loopback address, (`backend`) an HTTP backend with the
+//! edge's two CAs, (`inproc`) a proxy inside the test process and (`cli`) the
+//! binary's commands.
 
 #[allow(dead_code)]
 pub mod backend;
+#[allow(dead_code)]
+pub mod cli;
+#[allow(dead_code)]
+pub mod inproc;
 
 /// Kills and reaps a child process when dropped.
 pub struct Child(pub std::process::Child);
