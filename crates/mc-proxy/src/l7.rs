@@ -7,6 +7,10 @@
 //!
 //! The edge is the first hop the backend can trust, so `X-Forwarded-For`,
 //! `-Proto` and `-Host` are set here, replacing whatever the client sent.
+//!
+//! A route marked `unavailable` (its service is stopped) still completes the
+//! handshake with its certificate, then answers every request 503 with
+//! `Retry-After`, dialling nothing.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,6 +52,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per backend.
 const POOL_MAX_IDLE: usize = 256;
+/// The `Retry-After` of an unavailable route's 503, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER: &str = "5";
 
 /// The response body: the backend's, streamed, or one of ours.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -582,7 +588,7 @@ fn reply(status: StatusCode, text: &str) -> Response<Body> {
 
 /// One request: checks its host is this connection's route, forwards it and
 /// streams the answer back (or 502 when the backend cannot be reached or
-/// fails its certificate check).
+/// fails its certificate check, 503 when the route is unavailable).
 async fn forward(
     route: &L7Route,
     client: &Client<Connector, Incoming>,
@@ -610,6 +616,17 @@ async fn forward_inner(
             StatusCode::MISDIRECTED_REQUEST,
             "this connection does not serve that host",
         );
+    }
+    if route.route.unavailable {
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable: the service behind this name is stopped",
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER),
+        );
+        return r;
     }
     let upgrade = upgrade_of(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));

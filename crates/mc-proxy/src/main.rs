@@ -48,7 +48,7 @@ enum RouteCommand {
     List {
         #[arg(long)]
         socket: PathBuf,
-        /// An array of {"hostname", "backend", "mode", "backend_tls"}
+        /// An array of {"hostname", "backend", "mode", "backend_tls", "unavailable"}
         #[arg(long)]
         json: bool,
     },
@@ -86,6 +86,9 @@ struct AddArgs {
     /// Send a PROXY protocol v2 header to the backend
     #[arg(long)]
     proxy_protocol: bool,
+    /// The service is stopped: l7 answers 503, l4 closes; no backend dialled
+    #[arg(long)]
+    unavailable: bool,
 }
 
 /// A failure and its exit code.
@@ -205,6 +208,7 @@ async fn route(cmd: RouteCommand) -> Result<(), Failure> {
                 cert_pem: read_pem("cert", &a.cert)?,
                 key_pem: read_pem("key", &a.key)?,
                 backend_ca_pem: read_pem("backend-ca", &a.backend_ca)?,
+                unavailable: a.unavailable,
             };
             if a.backend_plain && route.mode == "l4" {
                 return Err(fail(USAGE, "--backend-plain: only for --mode l7"));
@@ -218,8 +222,13 @@ async fn route(cmd: RouteCommand) -> Result<(), Failure> {
                 .map_err(status)?
                 .into_inner();
             let verb = if reply.replaced { "replaced" } else { "added" };
+            let state = if checked.unavailable {
+                ", unavailable"
+            } else {
+                ""
+            };
             println!(
-                "route {pattern} -> {} ({}) {verb}",
+                "route {pattern} -> {} ({}{state}) {verb}",
                 checked.backend,
                 checked.mode.as_str()
             );
@@ -256,6 +265,7 @@ async fn route(cmd: RouteCommand) -> Result<(), Failure> {
                             "backend": r.backend,
                             "mode": r.mode,
                             "backend_tls": r.backend_tls,
+                            "unavailable": r.unavailable,
                         })
                     })
                     .collect();
@@ -275,8 +285,9 @@ fn print_table(routes: &[wire::Route]) {
         "MODE",
         "BACKEND_TLS",
         "PROXY_PROTOCOL",
+        "UNAVAILABLE",
     ];
-    let rows: Vec<[String; 5]> = routes
+    let rows: Vec<[String; 6]> = routes
         .iter()
         .map(|r| {
             [
@@ -285,6 +296,7 @@ fn print_table(routes: &[wire::Route]) {
                 r.mode.clone(),
                 r.backend_tls.to_string(),
                 r.proxy_protocol.to_string(),
+                r.unavailable.to_string(),
             ]
         })
         .collect();
@@ -294,7 +306,7 @@ fn print_table(routes: &[wire::Route]) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; 6]| {
         let parts: Vec<String> = cells
             .iter()
             .zip(widths)

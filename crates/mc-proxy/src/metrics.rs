@@ -29,10 +29,12 @@ pub enum Refusal {
     NotServed,
     /// The backend of an L4 route could not be reached.
     BackendUnreachable,
+    /// An L4 route marked unavailable (its service is stopped).
+    Unavailable,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::HandshakeTimeout,
         Refusal::NoSni,
         Refusal::UnknownName,
@@ -40,6 +42,7 @@ impl Refusal {
         Refusal::Tls,
         Refusal::NotServed,
         Refusal::BackendUnreachable,
+        Refusal::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Refusal {
             Refusal::Tls => "tls",
             Refusal::NotServed => "not_served",
             Refusal::BackendUnreachable => "backend_unreachable",
+            Refusal::Unavailable => "unavailable",
         }
     }
 }
@@ -95,7 +99,7 @@ impl RouteCounters {
 pub struct Metrics {
     accepted: AtomicU64,
     open: AtomicU64,
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; Refusal::ALL.len()],
     dials: AtomicU64,
     received: AtomicU64,
     sent: AtomicU64,

@@ -327,6 +327,11 @@ impl Proxy {
         }
         let counters = live.counters.lookup(&host).cloned();
         drop(live);
+        if route.unavailable {
+            // The service is stopped; this proxy holds no TLS for an l4 name,
+            // so it can only close.
+            return self.close(client, peer, Refusal::Unavailable).await;
+        }
         self.metrics.dialled();
         let backend = match self.dial(&route, &hello, peer, &client).await {
             Ok(b) => b,
@@ -425,16 +430,30 @@ impl Proxy {
     /// Sends a fatal alert and closes, letting the client read it first.
     async fn refuse(
         &self,
-        mut client: TcpStream,
+        client: TcpStream,
         peer: SocketAddr,
         why: Refusal,
         alert: u8,
         text: &str,
     ) {
-        self.metrics.refused(why);
         debug!(%peer, alert, why = text, "refused");
+        self.linger(client, why, Some(alert)).await;
+    }
+
+    /// Closes without an alert (the client sees the connection end).
+    async fn close(&self, client: TcpStream, peer: SocketAddr, why: Refusal) {
+        debug!(%peer, why = why.as_str(), "closed after the ClientHello");
+        self.linger(client, why, None).await;
+    }
+
+    /// Counts the refusal, sends `alert` if any, half-closes and lets the
+    /// client go first.
+    async fn linger(&self, mut client: TcpStream, why: Refusal, alert: Option<u8>) {
+        self.metrics.refused(why);
         let linger = async {
-            client.write_all(&sni::alert(alert)).await?;
+            if let Some(alert) = alert {
+                client.write_all(&sni::alert(alert)).await?;
+            }
             client.shutdown().await?;
             // Drain until the client closes, so our close sends no RST that could
             // discard the alert before the client reads it.

@@ -72,6 +72,10 @@ pub struct Route {
     pub proxy_protocol: bool,
     /// L7: the public certificate and key, and the backend's roots.
     pub tls: Option<L7Tls>,
+    /// The service behind the route is stopped: L7 answers 503 (after the
+    /// handshake, with the route's certificate), L4 closes after the
+    /// ClientHello; no backend is dialled.
+    pub unavailable: bool,
 }
 
 /// An L7 route's PEM material. Debug leaves the key out.
@@ -108,6 +112,7 @@ impl Route {
             backend_name: None,
             proxy_protocol: false,
             tls: None,
+            unavailable: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! mode 0600), so they survive a restart with no help from the agent. A change is
 //! committed here before the in-memory table is swapped. The schema is versioned
 //! with `PRAGMA user_version`: an older database is migrated, a newer one refused.
+//! Version 2 added `unavailable` (rows of version 1 load as available).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -16,9 +17,21 @@ use crate::routes::{Pattern, Route, Table};
 use crate::wire::{route_from_wire, route_to_wire};
 
 /// The schema version this mc-proxy writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 /// The file's name in `data_dir`.
 pub const FILE: &str = "routes.db";
+/// The schema of version 1; later versions alter it.
+const SCHEMA_1: &str = "CREATE TABLE routes (
+    hostname TEXT PRIMARY KEY NOT NULL,
+    backend TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    backend_tls INTEGER NOT NULL,
+    backend_name TEXT NOT NULL,
+    proxy_protocol INTEGER NOT NULL,
+    cert_pem TEXT NOT NULL,
+    key_pem TEXT NOT NULL,
+    backend_ca_pem TEXT NOT NULL
+);";
 
 /// The open routes database.
 pub struct Store {
@@ -72,20 +85,14 @@ impl Store {
         }
         let tx = self.conn.transaction()?;
         if version < 1 {
+            tx.execute_batch(SCHEMA_1)
+                .with_context(|| format!("{path}: migrate to version 1"))?;
+        }
+        if version < 2 {
             tx.execute_batch(
-                "CREATE TABLE routes (
-                    hostname TEXT PRIMARY KEY NOT NULL,
-                    backend TEXT NOT NULL,
-                    mode TEXT NOT NULL,
-                    backend_tls INTEGER NOT NULL,
-                    backend_name TEXT NOT NULL,
-                    proxy_protocol INTEGER NOT NULL,
-                    cert_pem TEXT NOT NULL,
-                    key_pem TEXT NOT NULL,
-                    backend_ca_pem TEXT NOT NULL
-                );",
+                "ALTER TABLE routes ADD COLUMN unavailable INTEGER NOT NULL DEFAULT 0;",
             )
-            .with_context(|| format!("{path}: migrate to version 1"))?;
+            .with_context(|| format!("{path}: migrate to version 2"))?;
         }
         tx.pragma_update(None, "user_version", VERSION)?;
         tx.commit()
@@ -107,8 +114,8 @@ impl Store {
             .is_some();
         tx.execute(
             "INSERT OR REPLACE INTO routes (hostname, backend, mode, backend_tls, backend_name,
-                proxy_protocol, cert_pem, key_pem, backend_ca_pem)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                proxy_protocol, cert_pem, key_pem, backend_ca_pem, unavailable)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 w.hostname,
                 w.backend,
@@ -118,7 +125,8 @@ impl Store {
                 w.proxy_protocol,
                 w.cert_pem,
                 w.key_pem,
-                w.backend_ca_pem
+                w.backend_ca_pem,
+                w.unavailable
             ],
         )?;
         tx.commit()
@@ -143,7 +151,7 @@ impl Store {
     pub fn list(&self) -> anyhow::Result<Vec<(Pattern, Route)>> {
         let mut stmt = self.conn.prepare(
             "SELECT hostname, backend, mode, backend_tls, backend_name, proxy_protocol,
-                cert_pem, key_pem, backend_ca_pem FROM routes ORDER BY hostname",
+                cert_pem, key_pem, backend_ca_pem, unavailable FROM routes ORDER BY hostname",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(wire::Route {
@@ -156,6 +164,7 @@ impl Store {
                 cert_pem: r.get(6)?,
                 key_pem: r.get(7)?,
                 backend_ca_pem: r.get(8)?,
+                unavailable: r.get(9)?,
             })
         })?;
         let mut out = Vec::new();
@@ -211,6 +220,11 @@ mod tests {
         assert!(s.remove(&pat("c.example.com")).expect("remove"));
         assert!(!s.remove(&pat("c.example.com")).expect("remove"));
         s.put(&pat("d.example.com"), &l4_with_pp).expect("put");
+        let stopped = Route {
+            unavailable: true,
+            ..route(5)
+        };
+        s.put(&pat("e.example.com"), &stopped).expect("put");
         drop(s);
 
         let s = Store::open(dir.path()).expect("reopen");
@@ -219,6 +233,7 @@ mod tests {
             (pat("*.example.com"), route(2)),
             (pat("b.example.com"), route(3)),
             (pat("d.example.com"), l4_with_pp),
+            (pat("e.example.com"), stopped),
         ];
         assert_eq!(got, want);
         let t = s.table().expect("table");
@@ -242,12 +257,43 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         drop(Store::open(dir.path()).expect("open"));
         let conn = Connection::open(dir.path().join(FILE)).expect("sqlite");
-        conn.pragma_update(None, "user_version", 2).expect("bump");
+        conn.pragma_update(None, "user_version", 3).expect("bump");
         drop(conn);
         let e = Store::open(dir.path()).err().expect("refused").to_string();
         assert!(
-            e.contains("schema version 2, newer than this mc-proxy's 1"),
+            e.contains("schema version 3, newer than this mc-proxy's 2"),
             "{e}"
+        );
+    }
+
+    /// A routes.db written by a version-1 mc-proxy (no `unavailable` column)
+    /// loads, its routes available, and takes the new column from then on.
+    #[test]
+    fn version_1_rows_load_as_available() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join(FILE)).expect("sqlite");
+        conn.execute_batch(&format!(
+            "{SCHEMA_1}
+            INSERT INTO routes VALUES ('a.example.com', '127.0.0.1:1', 'l4', 1, '', 0, '', '', '');
+            PRAGMA user_version = 1;"
+        ))
+        .expect("version 1 database");
+        drop(conn);
+        let mut s = Store::open(dir.path()).expect("migrate");
+        assert_eq!(
+            s.list().expect("list"),
+            vec![(pat("a.example.com"), route(1))]
+        );
+        let stopped = Route {
+            unavailable: true,
+            ..route(1)
+        };
+        assert!(s.put(&pat("a.example.com"), &stopped).expect("put"));
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(
+            s.list().expect("list"),
+            vec![(pat("a.example.com"), stopped)]
         );
     }
 }

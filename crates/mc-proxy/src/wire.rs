@@ -99,6 +99,7 @@ pub fn route_from_wire(w: &wire::Route) -> Result<(Pattern, Route), String> {
             backend_name,
             proxy_protocol: w.proxy_protocol,
             tls,
+            unavailable: w.unavailable,
         },
     ))
 }
@@ -135,6 +136,7 @@ pub fn route_to_wire(pattern: &Pattern, route: &Route, secrets: bool) -> wire::R
         backend_ca_pem: tls
             .and_then(|t| t.backend_ca_pem.clone())
             .unwrap_or_default(),
+        unavailable: route.unavailable,
     }
 }
 
@@ -169,11 +171,13 @@ mod tests {
             cert_pem: CERT.into(),
             key_pem: KEY.replace("PRIVATE", "EC PRIVATE"),
             proxy_protocol: true,
+            unavailable: true,
             ..l4("*.example.com", "svc.internal:8443")
         };
         let (p, r) = route_from_wire(&w).expect("l7");
         assert_eq!(r.backend_name.as_deref(), Some("svc.internal"));
         assert!(!r.backend_tls);
+        assert!(r.unavailable);
         assert!(!format!("{r:?}").contains("AAAA"), "{r:?}");
         assert_eq!(route_to_wire(&p, &r, false).key_pem, "");
         assert_eq!(

@@ -149,6 +149,7 @@ fn route_add_serves_survives_sigkill_and_remove() {
             "backend": backend,
             "mode": "l4",
             "backend_tls": true,
+            "unavailable": false,
         }])
     );
     let out = mc_proxy(&["route", "list", "--socket", sock]);

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,25 +44,9 @@ fn one(name: &str, route: Route) -> Table {
     t
 }
 
-/// curl through the proxy with the public CA; (exit ok, stdout, stderr).
+/// curl to HOST through the proxy with the public CA; (exit ok, stdout, stderr).
 async fn curl(pki: &Pki, proxy: SocketAddr, args: &[&str], path: &str) -> (bool, String, String) {
-    let resolve = format!("{HOST}:{}:{}", proxy.port(), proxy.ip());
-    let url = format!("https://{HOST}:{}{path}", proxy.port());
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--cacert"])
-        .arg(pki.public_ca())
-        .args(["--resolve", &resolve])
-        .args(args)
-        .arg(&url)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run curl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::backend::curl(pki, HOST, proxy, args, path).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

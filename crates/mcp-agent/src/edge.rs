@@ -132,6 +132,7 @@ fn to_admin(r: &EdgeRoute, fleet_ca_pem: &str) -> admin::Route {
         } else {
             String::new()
         },
+        unavailable: false,
     }
 }
 

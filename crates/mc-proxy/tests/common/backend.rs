@@ -64,6 +64,7 @@ impl Pki {
                 key_pem: cert.key_pem.expose().to_string(),
                 backend_ca_pem: tls_name.map(|_| self.fleet.cert_pem().to_string()),
             }),
+            unavailable: false,
         }
     }
 }
@@ -220,9 +221,12 @@ async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s:
 /// A hyper backend on BACKEND_IP: plain, or TLS with a fleet certificate for
 /// `tls_name`. Served until the test's runtime ends.
 pub async fn backend(pki: &Pki, tls_name: Option<&str>) -> SocketAddr {
-    let listener = TcpListener::bind((BACKEND_IP, 0))
-        .await
-        .expect("bind backend");
+    backend_on(BACKEND_IP, pki, tls_name).await
+}
+
+/// `backend` on a free port of `ip`.
+pub async fn backend_on(ip: &str, pki: &Pki, tls_name: Option<&str>) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind backend");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tls_name.map(|name| {
         let issued = pki
@@ -285,4 +289,32 @@ pub fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// curl to `host` through the proxy at `proxy` with the public CA; (exit ok,
+/// stdout, stderr).
+pub async fn curl(
+    pki: &Pki,
+    host: &str,
+    proxy: SocketAddr,
+    args: &[&str],
+    path: &str,
+) -> (bool, String, String) {
+    let resolve = format!("{host}:{}:{}", proxy.port(), proxy.ip());
+    let url = format!("https://{host}:{}{path}", proxy.port());
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert"])
+        .arg(pki.public_ca())
+        .args(["--resolve", &resolve])
+        .args(args)
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
