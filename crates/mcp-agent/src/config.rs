@@ -48,6 +48,9 @@ pub struct Config {
     pub join_token: Option<mcp_pki::Secret>,
     /// Edge role only.
     pub proxy_admin_socket: Option<PathBuf>,
+    /// Edge role only: where the public reaches mc-proxy (`host:port`); public URLs
+    /// carry its port when it is not 443.
+    pub public_address: Option<String>,
 }
 
 fn default_role() -> Role {
@@ -95,6 +98,17 @@ impl Config {
         }
         if self.role == Role::Edge && self.proxy_admin_socket.is_none() {
             bail!("proxy_admin_socket: required for role = \"edge\"");
+        }
+        if let Some(address) = &self.public_address {
+            if self.role != Role::Edge {
+                bail!("public_address: only for role = \"edge\"");
+            }
+            let ok = address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && matches!(p.parse::<u16>(), Ok(p) if p > 0));
+            if !ok {
+                bail!("public_address {address:?}: not host:port");
+            }
         }
         Ok(())
     }

@@ -22,11 +22,17 @@ const ROUTE_FORMAT: u64 = 1;
 /// How often mc-proxy's table is compared with the agent's.
 const RESYNC: Duration = Duration::from_secs(2);
 
+/// How long a route switching backends waits for the new one to accept.
+const BACKEND_WAIT: Duration = Duration::from_secs(5);
+
 /// Why an edge route was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error("{0}")]
     Invalid(String),
+    /// Not now: the new backend does not answer yet.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0:#}")]
     Internal(anyhow::Error),
 }
@@ -59,8 +65,8 @@ pub fn validate(r: &EdgeRoute) -> Result<(), String> {
             }
         }
         "l7" => {
-            if r.cert_pem.is_empty() || r.key_pem.is_empty() {
-                return Err("cert_pem and key_pem: required for l7 routes".into());
+            if r.cert_pem.is_empty() != r.key_pem.is_empty() {
+                return Err("cert_pem and key_pem: both or neither".into());
             }
         }
         other => return Err(format!("mode {other:?}: not l4 or l7")),
@@ -80,6 +86,7 @@ fn encode(r: &EdgeRoute) -> String {
         "backend_tls": r.backend_tls,
         "backend_name": r.backend_name,
         "proxy_protocol": r.proxy_protocol,
+        "unavailable": r.unavailable,
         "cert_pem": r.cert_pem,
         "key_pem": r.key_pem,
     })
@@ -106,9 +113,52 @@ fn decode(text: &str) -> anyhow::Result<EdgeRoute> {
         backend_tls: b("backend_tls"),
         backend_name: s("backend_name"),
         proxy_protocol: b("proxy_protocol"),
+        unavailable: b("unavailable"),
         cert_pem: s("cert_pem"),
         key_pem: s("key_pem"),
+        ..Default::default()
     })
+}
+
+/// A stored route as it is reported: the key and certificate left out, the
+/// certificate's validity in.
+fn report(mut r: EdgeRoute) -> EdgeRoute {
+    if let Ok((nb, na)) =
+        mcp_pki::cert::cert_from_pem(&r.cert_pem).and_then(|der| mcp_pki::cert::validity(&der))
+    {
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        r.cert_not_before = unix(nb);
+        r.cert_not_after = unix(na);
+    }
+    r.cert_pem.clear();
+    r.key_pem.clear();
+    r
+}
+
+/// Waits until `backend` accepts a TCP connection, at most `bound`.
+async fn wait_for_backend(backend: &str, bound: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(backend),
+        )
+        .await;
+        let error = match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{backend} does not accept connections after {bound:?}: {error}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// What mc-proxy is asked to serve for a route.
@@ -132,12 +182,12 @@ fn to_admin(r: &EdgeRoute, fleet_ca_pem: &str) -> admin::Route {
         } else {
             String::new()
         },
-        unavailable: false,
+        unavailable: r.unavailable,
     }
 }
 
 /// The fields ListRoutes shows (it leaves keys out), to compare tables.
-fn shown(r: &admin::Route) -> (String, String, String, bool, String, bool) {
+fn shown(r: &admin::Route) -> (String, String, String, bool, String, bool, bool) {
     (
         r.hostname.clone(),
         r.backend.clone(),
@@ -149,6 +199,7 @@ fn shown(r: &admin::Route) -> (String, String, String, bool, String, bool) {
         r.backend_tls,
         r.backend_name.clone(),
         r.proxy_protocol,
+        r.unavailable,
     )
 }
 
@@ -171,11 +222,51 @@ impl Edge {
             .collect()
     }
 
+    /// The stored routes as the master sees them: no key, no certificate, but
+    /// the certificate's validity.
+    pub fn reported(&self) -> anyhow::Result<Vec<EdgeRoute>> {
+        Ok(self.routes()?.into_iter().map(report).collect())
+    }
+
     /// Commits `route`, then programs mc-proxy. A proxy that cannot be reached
     /// is not an error: the route is committed and the resync loop applies it.
-    pub async fn setup(&self, route: EdgeRoute) -> Result<bool, EdgeError> {
+    /// An l7 route without a certificate keeps the one stored for its hostname.
+    /// A route that moves to another backend switches only once that backend
+    /// accepts connections (make before break): until then the old one serves.
+    pub async fn setup(&self, mut route: EdgeRoute) -> Result<bool, EdgeError> {
         validate(&route)
             .map_err(|e| EdgeError::Invalid(format!("route {}: {e}", route.hostname)))?;
+        let old = self
+            .routes()
+            .map_err(EdgeError::Internal)?
+            .into_iter()
+            .find(|r| r.hostname == route.hostname);
+        if route.mode == "l7" && route.cert_pem.is_empty() {
+            match old.as_ref().filter(|o| !o.cert_pem.is_empty()) {
+                Some(o) => {
+                    route.cert_pem = o.cert_pem.clone();
+                    route.key_pem = o.key_pem.clone();
+                }
+                None => {
+                    return Err(EdgeError::Invalid(format!(
+                        "route {}: no certificate: the edge holds none for this hostname",
+                        route.hostname
+                    )))
+                }
+            }
+        }
+        if let Some(o) = &old {
+            if o.backend != route.backend && !route.unavailable {
+                wait_for_backend(&route.backend, BACKEND_WAIT)
+                    .await
+                    .map_err(|e| {
+                        EdgeError::Unavailable(format!(
+                            "route {}: the new backend {e}; {} keeps serving",
+                            route.hostname, o.backend
+                        ))
+                    })?;
+            }
+        }
         let replaced = self
             .store
             .put_edge_route(&route.hostname, &encode(&route))
@@ -331,6 +422,7 @@ mod tests {
             } else {
                 String::new()
             },
+            ..Default::default()
         }
     }
 
@@ -348,7 +440,7 @@ mod tests {
         bad(&|r| r.backend = "nowhere".into(), "not host:port");
         bad(&|r| r.backend = "h:0".into(), "not host:port");
         bad(&|r| r.mode = "l5".into(), "not l4 or l7");
-        bad(&|r| r.key_pem.clear(), "required for l7");
+        bad(&|r| r.key_pem.clear(), "both or neither");
         let again = decode(&encode(&route("l7"))).expect("decode");
         assert_eq!(again, route("l7"));
         assert!(decode("{\"v\":2}").is_err());

@@ -157,12 +157,13 @@ async fn serve(
     let service = server::AgentService {
         node: node.clone(),
         nudge: nudge.clone(),
-        edge,
+        edge: edge.clone(),
     };
     let register = tokio::spawn(register::run(
         config.clone(),
         master_transport,
         node.clone(),
+        edge,
         nudge,
         shutdown.clone(),
     ));

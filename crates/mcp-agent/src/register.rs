@@ -34,14 +34,24 @@ pub fn jitter(max: Duration, salt: &str) -> Duration {
     Duration::from_millis(value % max_ms)
 }
 
-/// Digest of the service state the master holds for this node.
-pub fn state_digest(services: &[mcp_proto::agent::v1::ServiceStatus]) -> String {
+/// Digest of the state the master holds for this node: its services and, on an
+/// edge, its routes with their certificates' validity.
+pub fn state_digest(
+    services: &[mcp_proto::agent::v1::ServiceStatus],
+    edge_routes: &[mcp_proto::agent::v1::EdgeRoute],
+) -> String {
     let mut text = String::new();
     for s in services {
         text.push_str(&format!("{}={};", s.name, s.desired));
         for c in &s.components {
             text.push_str(&format!("{}={};", c.name, c.observed));
         }
+    }
+    for r in edge_routes {
+        text.push_str(&format!(
+            "route {}={} {} {}-{} {};",
+            r.hostname, r.backend, r.unavailable, r.cert_not_before, r.cert_not_after, r.cert_error
+        ));
     }
     mcp_types::digest_hex(text.as_bytes())
 }
@@ -58,6 +68,8 @@ fn running(services: &[mcp_proto::agent::v1::ServiceStatus]) -> u32 {
 struct Registrar {
     config: Config,
     node: Arc<Node>,
+    /// An edge's routes, reported with its state.
+    edge: Option<Arc<crate::edge::Edge>>,
     client: NodesClient<Channel>,
     cpu: CpuSampler,
     /// Running instances when the state was last read.
@@ -81,10 +93,37 @@ impl Registrar {
         }
     }
 
+    /// An edge's routes as reported (empty on a worker, or when they cannot be read:
+    /// the master then plans nothing from them, as it cannot tell them from none).
+    fn edge_routes(&self) -> Result<Vec<mcp_proto::agent::v1::EdgeRoute>, String> {
+        match &self.edge {
+            None => Ok(Vec::new()),
+            Some(edge) => edge.reported().map_err(|e| {
+                let message = format!("read edge routes: {e:#}");
+                tracing::warn!(node = %self.config.name, "{message}");
+                message
+            }),
+        }
+    }
+
+    /// Services and edge routes together, or why they cannot be read.
+    async fn state(
+        &mut self,
+    ) -> Result<
+        (
+            Vec<mcp_proto::agent::v1::ServiceStatus>,
+            Vec<mcp_proto::agent::v1::EdgeRoute>,
+        ),
+        String,
+    > {
+        let services = self.services().await?;
+        Ok((services, self.edge_routes()?))
+    }
+
     async fn register(&mut self) -> Result<Duration, String> {
-        let (services, state_error) = match self.services().await {
-            Ok(services) => (services, None),
-            Err(e) => (Vec::new(), Some(e)),
+        let ((services, edge_routes), state_error) = match self.state().await {
+            Ok(state) => (state, None),
+            Err(e) => ((Vec::new(), Vec::new()), Some(e)),
         };
         let request = wire::RegisterRequest {
             name: self.config.name.clone(),
@@ -98,9 +137,12 @@ impl Registrar {
                 .collect(),
             pools: self.config.pools.clone(),
             resources: Some(self.cpu.resources(&self.config.data_dir)),
-            state_digest: state_digest(&services),
+            state_digest: state_digest(&services, &edge_routes),
             containers: self.containers,
             services,
+            edge_routes,
+            public_address: self.config.public_address.clone().unwrap_or_default(),
+            acme: false,
             state_unknown: state_error.is_some(),
             state_error: state_error.unwrap_or_default(),
         };
@@ -117,13 +159,16 @@ impl Registrar {
     }
 
     async fn heartbeat(&mut self) -> wire::HeartbeatRequest {
-        let services = self.services().await;
+        let state = self.state().await;
         wire::HeartbeatRequest {
             name: self.config.name.clone(),
             resources: Some(self.cpu.resources(&self.config.data_dir)),
             containers: self.containers,
-            state_digest: services.as_deref().map(state_digest).unwrap_or_default(),
-            state_unknown: services.is_err(),
+            state_digest: state
+                .as_ref()
+                .map(|(s, r)| state_digest(s, r))
+                .unwrap_or_default(),
+            state_unknown: state.is_err(),
         }
     }
 
@@ -180,6 +225,7 @@ pub async fn run(
     config: Config,
     transport: ClientTransport,
     node: Arc<Node>,
+    edge: Option<Arc<crate::edge::Edge>>,
     nudge: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -193,6 +239,7 @@ pub async fn run(
     let mut registrar = Registrar {
         client: NodesClient::new(channel),
         node,
+        edge,
         cpu: CpuSampler::default(),
         containers: 0,
         config,

@@ -39,6 +39,7 @@ impl AgentService {
 fn edge_status(error: crate::edge::EdgeError) -> Status {
     match error {
         crate::edge::EdgeError::Invalid(m) => Status::invalid_argument(m),
+        crate::edge::EdgeError::Unavailable(m) => Status::unavailable(m),
         crate::edge::EdgeError::Internal(e) => Status::internal(format!("{e:#}")),
     }
 }
@@ -257,14 +258,8 @@ impl Agent for AgentService {
     ) -> Result<Response<wire::ListEdgeRoutesReply>, Status> {
         let edge = self.edge()?;
         let routes = edge
-            .routes()
-            .map_err(|e| Status::internal(format!("{e:#}")))?
-            .into_iter()
-            .map(|mut r| {
-                r.key_pem.clear();
-                r
-            })
-            .collect();
+            .reported()
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
         Ok(Response::new(wire::ListEdgeRoutesReply { routes }))
     }
 }

@@ -345,8 +345,9 @@ impl Fleet {
             if node.role == "edge" {
                 let socket = spec.proxy_admin_socket(&node.name);
                 agent.push_str(&format!(
-                    "proxy_admin_socket = {}\n",
-                    quote(&socket.display().to_string())
+                    "proxy_admin_socket = {}\npublic_address = {}\n",
+                    quote(&socket.display().to_string()),
+                    quote(&spec.proxy_address(node)),
                 ));
                 let proxy = format!(
                     "# mc-proxy of edge node {} (SPEC §11), written by the local fleet.\n\

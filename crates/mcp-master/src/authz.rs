@@ -44,6 +44,7 @@ pub const OPERATOR_RPCS: &[(&str, Access)] = &[
     ("Status", Access::Read),
     ("Logs", Access::Read),
     ("ListNodes", Access::Read),
+    ("ListRoutes", Access::Read),
 ];
 
 /// The access `path` (`/mcp.master.v1.Master/Deploy`) declares; None: refuse.

@@ -150,9 +150,10 @@ impl MasterService {
             .into_inner();
         let mut done = None;
         while let Some(item) = stream.next().await {
-            let event = item.map_err(|s| from_agent(&target, s))?;
-            if let Some(agent::deploy_event::Event::Done(status)) = &event.event {
+            let mut event = item.map_err(|s| from_agent(&target, s))?;
+            if let Some(agent::deploy_event::Event::Done(status)) = &mut event.event {
                 done = Some(status.clone());
+                registry.with_urls(std::slice::from_mut(status));
             }
             let _ = out
                 .send(Ok(wire::DeployEvent {
@@ -170,16 +171,33 @@ impl MasterService {
         })?;
         self.state.reconciler.deployed(&def.name);
         registry.set_service(&target, &def.name, Some(status));
-        if current.is_some_and(|c| c != target) {
-            // Moves: the old copy is older now; the loop removes it once its node
-            // answers. Wait for one pass so the CLI returns with the move complete
-            // where it can be.
-            self.state
-                .reconciler
-                .converge(self.state.config.probe_timeout.max(Duration::from_secs(2)))
-                .await;
-        } else {
-            self.state.reconciler.trigger();
+        let moved = current.is_some_and(|c| c != target);
+        let public = def
+            .components
+            .iter()
+            .flat_map(|c| &c.routes)
+            .any(|r| r.public);
+        // Moves: the old copy is older now; the loop removes it once its node answers
+        // (and, for a public service, once the edge routes to the new copy). Public
+        // routes: the loop sets them up on the edge. Wait for those passes so the CLI
+        // returns with the service reachable and the move complete where it can be.
+        let bound = self.state.config.probe_timeout.max(Duration::from_secs(2))
+            + if public {
+                Duration::from_secs(6)
+            } else {
+                Duration::ZERO
+            };
+        match (moved, public) {
+            (false, false) => self.state.reconciler.trigger(),
+            (true, true) => {
+                // One pass switches the route, the next removes the old copy.
+                if self.state.reconciler.converge(bound).await {
+                    self.state.reconciler.converge(bound).await;
+                }
+            }
+            _ => {
+                self.state.reconciler.converge(bound).await;
+            }
         }
         Ok(())
     }

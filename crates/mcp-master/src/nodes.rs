@@ -147,10 +147,15 @@ impl Nodes for NodeService {
             self.state.hlc.observe(s.generation);
         }
         // An agent that cannot read its state keeps the view the master had of it.
-        let (services, digest, containers) = match (&known, r.state_unknown) {
-            (Some(k), true) => (k.services.clone(), k.digest.clone(), k.containers),
-            (None, true) => (Vec::new(), String::new(), 0),
-            (_, false) => (r.services, r.state_digest, r.containers),
+        let (services, edge_routes, digest, containers) = match (&known, r.state_unknown) {
+            (Some(k), true) => (
+                k.services.clone(),
+                k.edge_routes.clone(),
+                k.digest.clone(),
+                k.containers,
+            ),
+            (None, true) => (Vec::new(), Vec::new(), String::new(), 0),
+            (_, false) => (r.services, r.edge_routes, r.state_digest, r.containers),
         };
         if r.state_unknown && known.as_ref().is_none_or(|k| k.state_known) {
             registry.event(
@@ -175,6 +180,9 @@ impl Nodes for NodeService {
             digest,
             state_known: !r.state_unknown,
             services,
+            edge_routes,
+            public_address: r.public_address,
+            acme: r.acme,
             client: known
                 .as_ref()
                 .filter(|k| k.address == r.address)

@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mcp_proto::agent::v1::{agent_client::AgentClient, ServiceStatus};
+use mcp_proto::agent::v1::{agent_client::AgentClient, EdgeRoute, ServiceStatus};
 use mcp_proto::master::v1 as wire;
 use mcp_proto::tonic::transport::Channel;
 use mcp_proto::transport::ClientTransport;
 use mcp_types::{Arch, Health, Role};
 
-use crate::reconcile::plan::{newest, Copy, NodeFacts};
+use crate::reconcile::plan::{newest, Copy, EdgeFacts, NodeFacts, Observed, PublicRoute};
 
 /// One registered node.
 #[derive(Debug, Clone)]
@@ -36,6 +36,12 @@ pub struct NodeEntry {
     /// is then what it last reported, kept rather than believed empty.
     pub state_known: bool,
     pub services: Vec<ServiceStatus>,
+    /// An edge's routes as it last reported them (and as the master since set them).
+    pub edge_routes: Vec<EdgeRoute>,
+    /// An edge's public address (host:port; empty when not configured).
+    pub public_address: String,
+    /// An edge that obtains its own public certificates (ACME).
+    pub acme: bool,
     /// Created on first use: a node that is only heartbeating costs no connection.
     pub client: Option<AgentClient<Channel>>,
     /// The heartbeat stream now current for this node (0: none).
@@ -55,9 +61,30 @@ impl NodeEntry {
                     service: s.name.clone(),
                     generation: s.generation,
                     desired: s.desired != "absent",
+                    running: s.desired == "running",
+                    routes: public_routes(s),
                 })
                 .collect(),
+            edge: (self.role == Role::Edge).then(|| EdgeFacts {
+                routes: self.edge_routes.iter().map(observed).collect(),
+                acme: self.acme,
+            }),
         }
+    }
+
+    /// The host part of the node's address.
+    pub fn host(&self) -> &str {
+        host_of(&self.address)
+    }
+
+    /// The SPEC §9 refusal when the node's agent lacks `rpc`.
+    pub fn lacks(&self, rpc: &str) -> Option<String> {
+        (!self.supports(rpc)).then(|| {
+            format!(
+                "node {} runs mcp-agent {}, which lacks {rpc}; run `mcp agent upgrade {}`",
+                self.name, self.version, self.name
+            )
+        })
     }
 
     pub fn supports(&self, rpc: &str) -> bool {
@@ -78,7 +105,70 @@ impl NodeEntry {
             resources: Some(self.resources),
             rpcs: self.rpcs.clone(),
             containers: self.containers,
+            public_address: self.public_address.clone(),
         }
+    }
+}
+
+/// The host of `host:port` (an IPv6 host keeps its brackets).
+pub fn host_of(address: &str) -> &str {
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
+
+/// A copy's public routes with the backends its node published for them.
+fn public_routes(s: &ServiceStatus) -> Vec<PublicRoute> {
+    let Some(spec) = &s.spec else {
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for c in &spec.components {
+        for r in c.routes.iter().filter(|r| r.public) {
+            let (Some(hostname), Some(published)) = (
+                r.hostname.as_ref(),
+                s.components
+                    .iter()
+                    .find(|cs| cs.name == c.name)
+                    .and_then(|cs| cs.routes.iter().find(|p| p.name == r.name)),
+            ) else {
+                continue;
+            };
+            if published.address.is_empty() || published.address.ends_with(":0") {
+                continue;
+            }
+            routes.push(PublicRoute {
+                hostname: hostname.to_ascii_lowercase(),
+                service: s.name.clone(),
+                component: c.name.clone(),
+                route: r.name.clone(),
+                mode: if r.mode == "l4" { "l4" } else { "l7" }.to_string(),
+                backend: published.address.clone(),
+                backend_tls: r.mode == "l4" || r.backend_tls,
+                backend_name: String::new(),
+                proxy_protocol: r.proxy_protocol,
+                unavailable: false,
+            });
+        }
+    }
+    routes
+}
+
+/// What the planner sees of an edge's reported route.
+fn observed(r: &EdgeRoute) -> Observed {
+    Observed {
+        route: PublicRoute {
+            hostname: r.hostname.clone(),
+            service: r.service.clone(),
+            component: r.component.clone(),
+            route: r.route.clone(),
+            mode: r.mode.clone(),
+            backend: r.backend.clone(),
+            backend_tls: r.backend_tls,
+            backend_name: r.backend_name.clone(),
+            proxy_protocol: r.proxy_protocol,
+            unavailable: r.unavailable,
+        },
+        cert_not_before: r.cert_not_before,
+        cert_not_after: r.cert_not_after,
     }
 }
 
@@ -247,16 +337,41 @@ impl Registry {
         self.read().values().cloned().collect()
     }
 
-    /// The registry as the reconcile planner sees it: the nodes that report services
-    /// (a node with none adds nothing to any plan, and most of a large fleet's
-    /// registrations at a master's start are idle nodes). The edge route projection
-    /// will add edges by role when it lands.
-    pub fn facts(&self) -> Vec<NodeFacts> {
-        self.read()
+    /// The registry as the reconcile planner sees it: the nodes that report services,
+    /// and the edges (a worker with no services adds nothing to any plan, and most of
+    /// a large fleet's registrations at a master's start are idle nodes), with the
+    /// hosts of every node that answers.
+    pub fn facts(&self) -> (Vec<NodeFacts>, std::collections::BTreeSet<String>) {
+        let nodes = self.read();
+        let facts = nodes
             .values()
-            .filter(|n| !n.services.is_empty())
+            .filter(|n| !n.services.is_empty() || n.role == Role::Edge)
             .map(NodeEntry::facts)
-            .collect()
+            .collect();
+        let hosts = nodes
+            .values()
+            .filter(|n| n.state == Health::Healthy && n.state_known)
+            .map(|n| n.host().to_string())
+            .collect();
+        (facts, hosts)
+    }
+
+    /// Records a route the master set up on `edge` (replacing the one of its hostname).
+    pub fn set_edge_route(&self, edge: &str, route: EdgeRoute) {
+        if let Some(entry) = self.write().get_mut(edge) {
+            entry.edge_routes.retain(|r| r.hostname != route.hostname);
+            entry.edge_routes.push(route);
+            entry
+                .edge_routes
+                .sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        }
+    }
+
+    /// Forgets a route the master took off `edge`.
+    pub fn drop_edge_route(&self, edge: &str, hostname: &str) {
+        if let Some(entry) = self.write().get_mut(edge) {
+            entry.edge_routes.retain(|r| r.hostname != hostname);
+        }
     }
 
     /// Which node runs `service`: the one with its newest copy (SPEC §5), by what the
@@ -291,6 +406,36 @@ impl Registry {
             }
         }
         claimed
+    }
+
+    /// The URL of a public hostname through the edge: `https://HOST/`, with the
+    /// port of the edge's public address when it is not 443.
+    pub fn public_url(&self, hostname: &str) -> String {
+        let port = self
+            .read()
+            .values()
+            .filter(|n| n.role == Role::Edge && !n.public_address.is_empty())
+            .find_map(|n| {
+                n.public_address
+                    .rsplit_once(':')
+                    .map(|(_, p)| p.to_string())
+            });
+        match port.as_deref() {
+            None | Some("443") => format!("https://{hostname}/"),
+            Some(port) => format!("https://{hostname}:{port}/"),
+        }
+    }
+
+    /// Fills in the public URL of every public route of `services`.
+    pub fn with_urls(&self, services: &mut [ServiceStatus]) {
+        for r in services
+            .iter_mut()
+            .flat_map(|s| s.components.iter_mut())
+            .flat_map(|c| c.routes.iter_mut())
+            .filter(|r| r.public)
+        {
+            r.url = r.hostname.as_deref().map(|h| self.public_url(h));
+        }
     }
 
     /// Forgets `node`'s copy of `service` if it is still the one of `generation` (the
@@ -410,6 +555,9 @@ mod tests {
             digest: digest.to_string(),
             state_known: true,
             services: Vec::new(),
+            edge_routes: Vec::new(),
+            public_address: String::new(),
+            acme: false,
             client: None,
             session: 0,
         }

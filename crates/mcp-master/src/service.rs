@@ -105,13 +105,9 @@ impl MasterService {
     }
 
     pub(crate) fn require(&self, node: &NodeEntry, rpc: &str) -> Result<(), Status> {
-        if node.supports(rpc) {
-            Ok(())
-        } else {
-            Err(Status::failed_precondition(format!(
-                "node {} runs mcp-agent {}, which lacks {rpc}; run `mcp agent upgrade {}`",
-                node.name, node.version, node.name
-            )))
+        match node.lacks(rpc) {
+            None => Ok(()),
+            Some(message) => Err(Status::failed_precondition(message)),
         }
     }
 
@@ -174,7 +170,22 @@ impl MasterService {
         self.state
             .registry
             .event(&node.name, format!("{} {service}", rpc.to_lowercase()));
-        self.state.reconciler.trigger();
+        let public = status
+            .spec
+            .iter()
+            .flat_map(|s| &s.components)
+            .flat_map(|c| &c.routes)
+            .any(|r| r.public);
+        if public {
+            // The edge answers 503 for a stopped service, and serves it again once
+            // started: wait for the pass that says so.
+            self.state
+                .reconciler
+                .converge(self.state.config.probe_timeout.max(Duration::from_secs(2)))
+                .await;
+        } else {
+            self.state.reconciler.trigger();
+        }
         Ok(status)
     }
 }
@@ -375,6 +386,7 @@ impl Master for MasterService {
             .flat_map(|n| n.services)
             .collect();
         services.sort_by(|a, b| (&a.name, &a.node).cmp(&(&b.name, &b.node)));
+        self.state.registry.with_urls(&mut services);
         Ok(Response::new(wire::ListReply { services }))
     }
 
@@ -387,6 +399,7 @@ impl Master for MasterService {
         let nodes: Vec<NodeEntry> = self.state.registry.nodes();
         let mut services: Vec<agent::ServiceStatus> =
             nodes.iter().flat_map(|n| n.services.clone()).collect();
+        self.state.registry.with_urls(&mut services);
         if let Some(name) = &r.service {
             check_service_name(name)?;
             services.retain(|s| &s.name == name);
@@ -457,5 +470,16 @@ impl Master for MasterService {
             .map(NodeEntry::to_wire)
             .collect();
         Ok(Response::new(wire::ListNodesReply { nodes }))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<wire::ListRoutesRequest>,
+    ) -> Result<Response<wire::ListRoutesReply>, Status> {
+        let world = self.state.reconciler.world(&self.state);
+        let failing = self.state.reconciler.failures();
+        Ok(Response::new(wire::ListRoutesReply {
+            routes: crate::reconcile::routes_view(&world, &failing),
+        }))
     }
 }

@@ -67,6 +67,7 @@ fn component_to_wire(c: &Component) -> wire::ComponentSpec {
                 public: r.public,
                 hostname: r.hostname.clone(),
                 backend_tls: r.backend_tls,
+                proxy_protocol: r.proxy_protocol,
             })
             .collect(),
     }
@@ -182,6 +183,7 @@ fn component_from_wire(i: usize, c: wire::ComponentSpec) -> Result<Component, Sp
                 public: r.public,
                 hostname: r.hostname,
                 backend_tls: r.backend_tls,
+                proxy_protocol: r.proxy_protocol,
             })
         })
         .collect::<Result<_, _>>()?;

@@ -608,7 +608,15 @@ impl Reader {
         self.keys(
             t,
             at,
-            &["name", "port", "mode", "public", "hostname", "backend_tls"],
+            &[
+                "name",
+                "port",
+                "mode",
+                "public",
+                "hostname",
+                "backend_tls",
+                "proxy_protocol",
+            ],
         );
         let name = self.string(t, at, "name").unwrap_or_default();
         let port_path = format!("{at}.port");
@@ -654,6 +662,7 @@ impl Reader {
         let public = self.boolean(t, at, "public").unwrap_or(false);
         let hostname = self.string(t, at, "hostname");
         let backend_tls = self.boolean(t, at, "backend_tls");
+        let proxy_protocol = self.boolean(t, at, "proxy_protocol").unwrap_or(false);
         if mode == RouteMode::L4 {
             if let Some((k, _)) = t.iter().find(|(k, _)| k.get_ref() == "backend_tls") {
                 self.report(
@@ -670,6 +679,7 @@ impl Reader {
             public,
             hostname,
             backend_tls: backend_tls.unwrap_or(true),
+            proxy_protocol,
         }
     }
 }
@@ -702,6 +712,7 @@ fn placeholder_route() -> Route {
         public: false,
         hostname: None,
         backend_tls: true,
+        proxy_protocol: false,
     }
 }
 
@@ -909,6 +920,9 @@ impl ServiceDef {
                 }
                 if r.mode == RouteMode::L7 && !r.backend_tls {
                     writeln!(out, "backend_tls = false")?;
+                }
+                if r.proxy_protocol {
+                    writeln!(out, "proxy_protocol = true")?;
                 }
             }
         }

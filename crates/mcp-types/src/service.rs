@@ -289,6 +289,9 @@ pub struct Route {
     /// l7 only: the component serves TLS with its internal certificate.
     #[serde(default = "default_true")]
     pub backend_tls: bool,
+    /// Public routes: the edge sends a PROXY protocol v2 header to the backend.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_true() -> bool {

@@ -327,6 +327,12 @@ fn check_route(r: &Route, at: &str, errors: &mut Errors) {
             "backend_tls is only used by l7 routes; an l4 route passes TLS through to the component",
         );
     }
+    if r.proxy_protocol && !r.public {
+        errors.push(
+            format!("{at}.proxy_protocol"),
+            "proxy_protocol is only used by public routes: the edge sends the header",
+        );
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +364,7 @@ mod tests {
                     public: true,
                     hostname: Some("metacrypt.metacircular.net".into()),
                     backend_tls: true,
+                    proxy_protocol: false,
                 }],
             }],
         }

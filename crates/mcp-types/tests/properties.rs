@@ -78,6 +78,7 @@ fn routes() -> impl Strategy<Value = Vec<Route>> {
                     public,
                     hostname: public.then_some(host),
                     backend_tls: mode == RouteMode::L4 || tls,
+                    proxy_protocol: public && tls,
                 })
                 .collect()
         })

@@ -84,6 +84,9 @@ enum Command {
     /// Nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Edge routes: hostname, service, edge, backend, certificate.
+    #[command(subcommand)]
+    Route(RouteCommand),
     /// A whole local fleet on this machine, until interrupted.
     Dev {
         /// Where configs, data, logs and pid files go.
@@ -106,6 +109,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Every public route and where it stands.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +215,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             } => cmd::logs::run(&ctx, &service, component, follow, tail).await,
             Command::Node(NodeCommand::List) => cmd::node::list(&ctx).await,
             Command::Node(NodeCommand::Show { node }) => cmd::node::show(&ctx, &node).await,
+            Command::Route(RouteCommand::List) => cmd::route::list(&ctx).await,
             Command::Dev {
                 dir,
                 runtime,

@@ -122,6 +122,7 @@ pub fn list_json(services: &[ServiceStatus]) -> Value {
                         "hostname": r.hostname,
                         "mode": r.mode,
                         "port": r.port,
+                        "url": r.url,
                     }))).collect::<Vec<_>>(),
                 })
             })
@@ -137,8 +138,9 @@ pub fn list_table(services: &[ServiceStatus]) -> String {
                 .components
                 .iter()
                 .flat_map(|c| c.routes.iter())
-                .map(|r| match (&r.hostname, r.public) {
-                    (Some(h), true) => format!("https://{h} -> {}", r.address),
+                .map(|r| match (&r.url, &r.hostname, r.public) {
+                    (Some(url), _, true) => format!("{url} -> {}", r.address),
+                    (None, Some(h), true) => format!("https://{h}/ -> {}", r.address),
                     _ => format!("{} {}", r.name, r.address),
                 })
                 .collect();
@@ -294,6 +296,66 @@ pub fn service_json(s: &ServiceStatus) -> Value {
 
 pub fn event_json(e: &wire::Event) -> Value {
     json!({"at": rfc3339(e.at_ms / 1000), "at_ms": e.at_ms, "node": e.node, "message": e.message})
+}
+
+/// `route list --json`: one object per route and edge (SPEC §7).
+pub fn routes_json(routes: &[wire::RouteView]) -> Value {
+    Value::Array(
+        routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "hostname": r.hostname,
+                    "service": r.service,
+                    "component": r.component,
+                    "route": r.route,
+                    "mode": r.mode,
+                    "edge": r.edge,
+                    "backend": r.backend,
+                    "cert_not_after": r.cert_not_after.map(rfc3339),
+                    "state": r.state,
+                    "error": (!r.error.is_empty()).then_some(&r.error),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn routes_table(routes: &[wire::RouteView]) -> String {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.hostname.clone(),
+                format!("{}/{}/{}", r.service, r.component, r.route),
+                r.mode.clone(),
+                if r.edge.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.edge.clone()
+                },
+                r.backend.clone(),
+                r.cert_not_after.map_or("-".to_string(), rfc3339),
+                if r.error.is_empty() {
+                    r.state.clone()
+                } else {
+                    format!("{}: {}", r.state, r.error)
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "HOSTNAME",
+            "SERVICE",
+            "MODE",
+            "EDGE",
+            "BACKEND",
+            "CERT EXPIRES",
+            "STATE",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ impl Node {
                             mode: mcp_proto::convert::route_mode_str(route.mode).to_string(),
                             public: route.public,
                             hostname: route.hostname.clone(),
+                            url: None,
                         }
                     })
                     .collect();

@@ -5,14 +5,14 @@
 //! once, and again only when its reason changes, while the loop retries with backoff.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_proto::agent::v1 as agent;
 use mcp_proto::tonic::Code;
 use tokio::sync::{mpsc, watch};
 
-use super::plan::Action;
+use super::plan::{Action, CertPlan, PublicRoute};
 use crate::state::MasterState;
 
 /// Bound on one action's RPC: a remove stops containers, which may take a while.
@@ -27,7 +27,6 @@ pub struct Outcome {
 /// Actions in flight and the failures seen so far.
 pub struct Executor {
     inflight: BTreeMap<Action, watch::Receiver<bool>>,
-    failing: Arc<Mutex<BTreeMap<Action, String>>>,
     outcomes: mpsc::UnboundedSender<Outcome>,
 }
 
@@ -35,7 +34,6 @@ impl Executor {
     pub fn new(outcomes: mpsc::UnboundedSender<Outcome>) -> Executor {
         Executor {
             inflight: BTreeMap::new(),
-            failing: Arc::default(),
             outcomes,
         }
     }
@@ -54,15 +52,20 @@ impl Executor {
                 waits.push(done.clone());
                 continue;
             }
+            // Another action on the same thing is in flight (a route set up for an
+            // older backend): wait for it; its outcome brings a new pass.
+            if let Some((_, done)) = self.inflight.iter().find(|(a, _)| a.key() == action.key()) {
+                waits.push(done.clone());
+                continue;
+            }
             let (tx, rx) = watch::channel(false);
             self.inflight.insert(action.clone(), rx.clone());
             waits.push(rx);
             let state = state.clone();
-            let failing = self.failing.clone();
             let outcomes = self.outcomes.clone();
             tokio::spawn(async move {
                 let result = execute(&state, &action).await;
-                record(&state, &failing, &action, &result);
+                record(&state, &action, &result);
                 let _ = outcomes.send(Outcome { action, result });
                 let _ = tx.send(true);
             });
@@ -72,13 +75,12 @@ impl Executor {
 }
 
 /// Records an outcome: a new or changed failure is an event, a success clears it.
-fn record(
-    state: &MasterState,
-    failing: &Mutex<BTreeMap<Action, String>>,
-    action: &Action,
-    result: &Result<(), String>,
-) {
-    let mut failing = failing.lock().unwrap_or_else(|e| e.into_inner());
+fn record(state: &MasterState, action: &Action, result: &Result<(), String>) {
+    let mut failing = state
+        .reconciler
+        .failing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(()) => {
             failing.remove(action);
@@ -98,6 +100,30 @@ fn record(
 /// One action. Err: what failed, for the operator.
 async fn execute(state: &MasterState, action: &Action) -> Result<(), String> {
     match action {
+        Action::SetupRoute { edge, route, cert } => setup_route(state, edge, route, *cert).await,
+        Action::RemoveRoute {
+            edge,
+            hostname,
+            service,
+        } => {
+            let what = format!("remove the route of {hostname} ({service}) from {edge}");
+            let mut client =
+                edge_client(state, edge, "RemoveEdgeRoute").map_err(|e| format!("{what}: {e}"))?;
+            let call = client.remove_edge_route(agent::RemoveEdgeRouteRequest {
+                hostname: hostname.clone(),
+            });
+            match tokio::time::timeout(ACTION_TIMEOUT, call).await {
+                Err(_) => Err(format!("{what}: timed out after {ACTION_TIMEOUT:?}")),
+                Ok(Err(status)) => Err(format!("{what}: {}", status.message())),
+                Ok(Ok(_)) => {
+                    state.registry.drop_edge_route(edge, hostname);
+                    state
+                        .registry
+                        .event(edge, format!("route {hostname} removed ({service})"));
+                    Ok(())
+                }
+            }
+        }
         Action::ForgetRemoval { service } => {
             state.reconciler.forget_removal(service);
             Ok(())
@@ -133,6 +159,119 @@ async fn execute(state: &MasterState, action: &Action) -> Result<(), String> {
                 }
                 Ok(Err(status)) => Err(format!("{what}: {}", status.message())),
             }
+        }
+    }
+}
+
+/// A client for an edge's agent, or the SPEC §9 refusal when it lacks `rpc`.
+fn edge_client(
+    state: &MasterState,
+    edge: &str,
+    rpc: &str,
+) -> Result<agent::agent_client::AgentClient<mcp_proto::tonic::transport::Channel>, String> {
+    let node = state
+        .registry
+        .node(edge)
+        .ok_or_else(|| format!("node {edge} is not registered"))?;
+    if let Some(message) = node.lacks(rpc) {
+        return Err(message);
+    }
+    state.registry.client(edge, &state.transport)
+}
+
+/// Sets up one route on an edge, with a fresh public certificate when the plan says
+/// so (the hostname only: nothing internal is ever on it), and records it.
+async fn setup_route(
+    state: &MasterState,
+    edge: &str,
+    route: &PublicRoute,
+    cert: CertPlan,
+) -> Result<(), String> {
+    let what = format!(
+        "route {} -> {} ({}) on {edge}",
+        route.hostname, route.backend, route.service
+    );
+    let mut client =
+        edge_client(state, edge, "SetupEdgeRoute").map_err(|e| format!("{what}: {e}"))?;
+    let mut wire = agent::EdgeRoute {
+        hostname: route.hostname.clone(),
+        service: route.service.clone(),
+        component: route.component.clone(),
+        route: route.route.clone(),
+        backend: route.backend.clone(),
+        mode: route.mode.clone(),
+        backend_tls: route.backend_tls,
+        backend_name: route.backend_name.clone(),
+        proxy_protocol: route.proxy_protocol,
+        unavailable: route.unavailable,
+        ..Default::default()
+    };
+    let mut validity = None;
+    if cert == CertPlan::Issue {
+        let issued = state
+            .security
+            .public_ca
+            .issue(
+                std::slice::from_ref(&route.hostname),
+                state.config.service_cert_ttl,
+            )
+            .map_err(|e| format!("{what}: issue the public certificate: {e}"))?;
+        validity = Some(
+            mcp_pki::cert::cert_from_pem(&issued.cert_pem)
+                .and_then(|der| mcp_pki::cert::validity(&der))
+                .map_err(|e| format!("{what}: read the issued certificate: {e}"))?,
+        );
+        wire.cert_pem = issued.cert_pem;
+        wire.key_pem = issued.key_pem.expose().to_string();
+    }
+    let call = client.setup_edge_route(agent::SetupEdgeRouteRequest {
+        route: Some(wire.clone()),
+    });
+    match tokio::time::timeout(ACTION_TIMEOUT, call).await {
+        Err(_) => Err(format!("{what}: timed out after {ACTION_TIMEOUT:?}")),
+        Ok(Err(status)) => Err(format!("{what}: {}", status.message())),
+        Ok(Ok(reply)) => {
+            let before = state.registry.node(edge).and_then(|n| {
+                n.edge_routes
+                    .into_iter()
+                    .find(|r| r.hostname == route.hostname)
+            });
+            wire.cert_pem.clear();
+            wire.key_pem.clear();
+            let unix = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+            };
+            match (validity, &before) {
+                (Some((nb, na)), _) => {
+                    wire.cert_not_before = unix(nb);
+                    wire.cert_not_after = unix(na);
+                }
+                (None, Some(b)) => {
+                    wire.cert_not_before = b.cert_not_before;
+                    wire.cert_not_after = b.cert_not_after;
+                }
+                (None, None) => {}
+            }
+            state.registry.set_edge_route(edge, wire);
+            let verb = if reply.into_inner().replaced {
+                "updated"
+            } else {
+                "set up"
+            };
+            let note = match (cert, route.unavailable) {
+                (_, true) => " (stopped: answers 503)",
+                (CertPlan::Issue, _) => " with a new public certificate",
+                _ => "",
+            };
+            state.registry.event(
+                edge,
+                format!(
+                    "route {} -> {} {verb} for {}{note}",
+                    route.hostname, route.backend, route.service
+                ),
+            );
+            Ok(())
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Reconciler {
     /// Services removed by an operator: generation of the removal. In memory only: a
     /// restarted master forgets them (SPEC: the master keeps nothing durable).
     removed: Mutex<BTreeMap<String, u64>>,
+    /// Actions failing now, with why (the executor's; `mcp route list` shows them).
+    pub(crate) failing: Mutex<BTreeMap<plan::Action, String>>,
 }
 
 impl Default for Reconciler {
@@ -46,6 +48,7 @@ impl Default for Reconciler {
             asked: AtomicU64::new(0),
             done: watch::Sender::new(0),
             removed: Mutex::default(),
+            failing: Mutex::default(),
         }
     }
 }
@@ -82,15 +85,28 @@ impl Reconciler {
         self.removed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The actions failing now, with why.
+    pub fn failures(&self) -> BTreeMap<plan::Action, String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(crate) fn forget_removal(&self, service: &str) {
         self.lock().remove(service);
     }
 
     /// The registry and the master's intent as the planner sees them.
     pub fn world(&self, state: &MasterState) -> plan::World {
+        let (nodes, answering_hosts) = state.registry.facts();
         plan::World {
-            nodes: state.registry.facts(),
+            nodes,
             removed: self.lock().clone(),
+            settled: state.unsettled().is_empty(),
+            now: crate::security::now() as i64,
+            zone: state.config.internal_zone(),
+            answering_hosts,
         }
     }
 }
@@ -125,6 +141,13 @@ pub async fn run(state: Arc<MasterState>, resync: Duration, mut shutdown: watch:
         let ticket = state.reconciler.asked.load(Ordering::SeqCst);
         let world = state.reconciler.world(&state);
         let actions = plan::plan(&world);
+        // A failure of an action no longer planned is no longer news.
+        state
+            .reconciler
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a, _| actions.contains(a));
         let waits = executor.start(&state, actions);
         let state = state.clone();
         tokio::spawn(async move {
@@ -134,4 +157,67 @@ pub async fn run(state: Arc<MasterState>, resync: Duration, mut shutdown: watch:
             state.reconciler.done.send_modify(|d| *d = (*d).max(ticket));
         });
     }
+}
+
+/// `mcp route list`: every edge's table as the registry derives it, beside what the
+/// edge reported, with the failure of any action on a route.
+pub fn routes_view(
+    world: &plan::World,
+    failing: &BTreeMap<plan::Action, String>,
+) -> Vec<mcp_proto::master::v1::RouteView> {
+    use mcp_proto::master::v1::RouteView;
+    let want = plan::routes::desired(world);
+    let error_of = |edge: &str, host: &str| {
+        failing
+            .iter()
+            .find(|(a, _)| a.key() == (edge, host))
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default()
+    };
+    let view =
+        |edge: &str, r: &plan::PublicRoute, seen: Option<&plan::Observed>, state: &str| RouteView {
+            hostname: r.hostname.clone(),
+            service: r.service.clone(),
+            component: r.component.clone(),
+            route: r.route.clone(),
+            mode: r.mode.clone(),
+            edge: edge.to_string(),
+            backend: r.backend.clone(),
+            cert_not_after: seen
+                .filter(|o| o.route.mode == "l7" && o.cert_not_after > 0)
+                .map(|o| o.cert_not_after),
+            state: state.to_string(),
+            error: error_of(edge, &r.hostname),
+        };
+    let mut out = Vec::new();
+    let edges: Vec<(&str, &plan::EdgeFacts)> = world
+        .nodes
+        .iter()
+        .filter_map(|n| n.edge.as_ref().map(|e| (n.name.as_str(), e)))
+        .collect();
+    if edges.is_empty() {
+        for r in want.values() {
+            let mut v = view("", r, None, "pending");
+            v.error = "no edge node is registered".to_string();
+            out.push(v);
+        }
+    }
+    for (edge, facts) in edges {
+        for r in want.values() {
+            let seen = facts.routes.iter().find(|o| o.route.hostname == r.hostname);
+            let state = match seen {
+                Some(o) if o.route == *r && r.unavailable => "stopped",
+                Some(o) if o.route == *r => "serving",
+                _ => "pending",
+            };
+            out.push(view(edge, r, seen, state));
+        }
+        for o in &facts.routes {
+            if !want.contains_key(&o.route.hostname) {
+                out.push(view(edge, &o.route, Some(o), "stale"));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.hostname, &a.edge).cmp(&(&b.hostname, &b.edge)));
+    out
 }

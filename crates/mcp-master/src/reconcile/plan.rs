@@ -2,10 +2,15 @@
 //! reported, and what the master was asked) to the actions that make the fleet match
 //! it. No I/O, no clock, no locks, so it is table- and property-tested alone, as
 //! `mcp-placement` is. Each kind of derived state is one projection of the same
-//! snapshot: today the copies of each service; edge route tables and DNS records plug
-//! in beside it as further `plan_*` functions whose actions join the same list.
+//! snapshot: the copies of each service (here) and every edge's route table
+//! (`routes`); DNS records plug in beside them as a further `plan_*` function whose
+//! actions join the same list.
+
+pub mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use routes::{CertPlan, EdgeFacts, Observed, PublicRoute};
 
 /// What the planner sees of one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +19,8 @@ pub struct NodeFacts {
     /// The node answers RPCs now (healthy, and its service state is known).
     pub answers: bool,
     pub copies: Vec<Copy>,
+    /// An edge node: the routes it reported. None for a worker.
+    pub edge: Option<EdgeFacts>,
 }
 
 /// One copy of a service on a node, as its agent reported it.
@@ -25,6 +32,11 @@ pub struct Copy {
     pub generation: u64,
     /// The node holds desired state for it (false: only instances, desired "absent").
     pub desired: bool,
+    /// The operator wants it running (false: stopped, or no desired state).
+    pub running: bool,
+    /// Its public routes, each with the backend it publishes (`backend_name` and
+    /// `unavailable` are the planner's to fill).
+    pub routes: Vec<PublicRoute>,
 }
 
 /// The registry as the planner sees it.
@@ -34,6 +46,17 @@ pub struct World {
     /// Services removed by an operator, with the generation of the removal: any copy
     /// at or below it is garbage wherever it turns up.
     pub removed: BTreeMap<String, u64>,
+    /// The fleet has had its time to register after the master started: until then
+    /// no edge route is touched (a service not reported yet is not a service gone).
+    pub settled: bool,
+    /// Unix seconds now: certificates are renewed at two thirds of their lifetime.
+    pub now: i64,
+    /// The internal zone (`svc.mcp.<domain>`): an l7 backend's certificate name.
+    pub zone: String,
+    /// Hosts of every node that answers (the host part of its address), whether or
+    /// not it reports services: a route to one of them for a service it does not run
+    /// is stale.
+    pub answering_hosts: BTreeSet<String>,
 }
 
 /// Something the executor must make true.
@@ -49,6 +72,18 @@ pub enum Action {
     },
     /// Forget a removal once no copy of the service is left anywhere.
     ForgetRemoval { service: String },
+    /// Set up (or replace) a public route on an edge.
+    SetupRoute {
+        edge: String,
+        route: PublicRoute,
+        cert: CertPlan,
+    },
+    /// Take a route the registry no longer derives off an edge.
+    RemoveRoute {
+        edge: String,
+        hostname: String,
+        service: String,
+    },
 }
 
 impl Action {
@@ -57,6 +92,18 @@ impl Action {
         match self {
             Action::RemoveCopy { node, .. } => node,
             Action::ForgetRemoval { .. } => "",
+            Action::SetupRoute { edge, .. } | Action::RemoveRoute { edge, .. } => edge,
+        }
+    }
+
+    /// What the action changes: two actions with one key never run at once (a route
+    /// set up for an old backend must not land after the one for the new).
+    pub fn key(&self) -> (&str, &str) {
+        match self {
+            Action::RemoveCopy { node, service, .. } => (node, service),
+            Action::ForgetRemoval { service } => ("", service),
+            Action::SetupRoute { edge, route, .. } => (edge, &route.hostname),
+            Action::RemoveRoute { edge, hostname, .. } => (edge, hostname),
         }
     }
 }
@@ -100,6 +147,7 @@ pub fn newest<'a>(nodes: &'a [NodeFacts], service: &str) -> Option<(&'a NodeFact
 /// Every action the world needs now, sorted.
 pub fn plan(world: &World) -> Vec<Action> {
     let mut actions = plan_copies(world);
+    actions.extend(routes::plan_routes(world));
     actions.sort();
     actions
 }
@@ -125,6 +173,7 @@ fn plan_copies(world: &World) -> Vec<Action> {
                 let why = match removed_at {
                     Some(at) if copy.generation <= at => Why::Removed,
                     _ if std::ptr::eq(copy, top) => continue,
+                    _ if routes::still_routed(world, copy) => continue,
                     _ if copy.generation < top.generation
                         || (copy.generation == top.generation && !copy.desired && top.desired) =>
                     {

@@ -117,7 +117,9 @@ pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
         args.extend(options.deploy.iter().map(|p| p.display().to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         if show(&fleet, &args) {
-            say("try the routes above, e.g. curl http://<address>/");
+            for line in try_lines(&fleet, &dir) {
+                say(&line);
+            }
         }
     }
     say(&format!(
@@ -158,4 +160,42 @@ pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::failed(format!("stop the fleet: {e}")))?;
     Ok(())
+}
+
+/// What to try after `--deploy`: a `curl` through the edge for each public l7 route
+/// (trusting the embedded public CA), an `openssl s_client` for each l4 route (the
+/// service's own certificate, from the fleet CA), else a plain route's address.
+fn try_lines(fleet: &Fleet, dir: &Path) -> Vec<String> {
+    let out = fleet.mcp(&["--json", "route", "list"]);
+    let routes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let edge = fleet
+        .spec
+        .edges()
+        .next()
+        .map(|e| fleet.spec.proxy_address(e));
+    let mut lines = Vec::new();
+    if let Some(edge) = edge {
+        let (ip, port) = edge.rsplit_once(':').unwrap_or((edge.as_str(), "443"));
+        for r in &routes {
+            let host = r["hostname"].as_str().unwrap_or_default();
+            if host.is_empty() || host.starts_with('*') {
+                continue;
+            }
+            if r["mode"] == "l4" {
+                lines.push(format!(
+                    "try: openssl s_client -connect {edge} -servername {host} -CAfile {}/master/ca.pem </dev/null",
+                    dir.display()
+                ));
+            } else {
+                lines.push(format!(
+                    "try: curl --cacert {}/public-ca.pem --resolve {host}:{port}:{ip} https://{host}:{port}/",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        lines.push("try the routes above, e.g. curl http://<address>/".to_string());
+    }
+    lines
 }

@@ -8,5 +8,6 @@ pub mod login;
 pub mod logs;
 pub mod node;
 pub mod ps;
+pub mod route;
 pub mod status;
 pub mod validate;

@@ -13,8 +13,11 @@ fn node(name: &str, answers: bool, copies: &[(&str, u64, bool)]) -> NodeFacts {
                 service: s.to_string(),
                 generation: *g,
                 desired: *d,
+                running: *d,
+                routes: vec![],
             })
             .collect(),
+        edge: None,
     }
 }
 
@@ -121,6 +124,7 @@ fn table() {
                     node("rift", true, &[("hello", 12, true)]),
                 ],
                 removed: [("hello".to_string(), 7)].into(),
+                ..World::default()
             },
             want: vec![remove("hello", "orion", 5, Why::Removed)],
         },
@@ -129,6 +133,7 @@ fn table() {
             world: World {
                 nodes: vec![node("orion", true, &[("other", 5, true)])],
                 removed: [("hello".to_string(), 7)].into(),
+                ..World::default()
             },
             want: vec![Action::ForgetRemoval {
                 service: "hello".into(),
@@ -139,6 +144,7 @@ fn table() {
             world: World {
                 nodes: vec![node("orion", false, &[("hello", 5, true)])],
                 removed: [("hello".to_string(), 7)].into(),
+                ..World::default()
             },
             want: vec![],
         },
@@ -167,6 +173,8 @@ fn apply(world: &World, actions: &[Action]) -> World {
             Action::ForgetRemoval { service } => {
                 next.removed.remove(service);
             }
+            // No edges in these worlds.
+            Action::SetupRoute { .. } | Action::RemoveRoute { .. } => {}
         }
     }
     next
@@ -196,8 +204,11 @@ fn world_strategy() -> impl Strategy<Value = World> {
                                 service: format!("s{s}"),
                                 generation: g,
                                 desired: d,
+                                running: d,
+                                routes: vec![],
                             })
                             .collect(),
+                        edge: None,
                     }
                 })
                 .collect(),
@@ -205,6 +216,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
                 .into_iter()
                 .map(|(s, g)| (format!("s{s}"), g))
                 .collect(),
+            ..World::default()
         })
 }
 
