@@ -20,7 +20,13 @@ pub fn repo_root() -> PathBuf {
 /// Builds the static hello-http server and imports `mcp-test/hello:1` into Docker (and
 /// through `podman_sock` when given); returns the binary's path.
 pub fn fixture(podman_sock: Option<&Path>) -> PathBuf {
-    let script = repo_root().join("tests/fixtures/hello-http/build.sh");
+    PathBuf::from(build_fixture("hello-http", podman_sock))
+}
+
+/// Runs tests/fixtures/`name`/build.sh (with `--podman-sock` when given) and returns
+/// the last line it prints.
+fn build_fixture(name: &str, podman_sock: Option<&Path>) -> String {
+    let script = repo_root().join(format!("tests/fixtures/{name}/build.sh"));
     let mut command = Command::new("bash");
     command.arg(&script);
     if let Some(sock) = podman_sock {
@@ -29,18 +35,38 @@ pub fn fixture(podman_sock: Option<&Path>) -> PathBuf {
     let out = command.output().expect("run build.sh");
     assert!(
         out.status.success(),
-        "build.sh failed: {}{}",
+        "{name}/build.sh failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("build.sh prints the binary path")
-            .trim(),
-    )
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{name}/build.sh printed nothing"))
+        .trim()
+        .to_string()
+}
+
+/// The command of examples/public-tls.toml and public-l4.toml (also the default of
+/// `mcp-test/tls:1`): a TLS server on `MCP_ADDR:MCP_PORT_HTTPS` with the service's
+/// internal certificate, answering any GET with a status page that holds
+/// [`TLS_PAGE`]. The same for a container (which mounts `/srv/<service>/certs` at
+/// `/certs`) and the exec driver (which starts it in `<srv_root>/<service>`).
+pub const TLS_COMMAND: [&str; 3] = [
+    "sh",
+    "-c",
+    "exec openssl s_server -quiet -accept ${MCP_ADDR:-0.0.0.0}:${MCP_PORT_HTTPS:-8443} \
+     -cert certs/cert.pem -key certs/key.pem -www",
+];
+
+/// A string in every page the TLS server answers with.
+pub const TLS_PAGE: &str = "Ciphers supported in s_server binary";
+
+/// Builds `mcp-test/tls:1` (the host's openssl and sh, serving TLS with the service's
+/// internal certificate) with tests/fixtures/tls-hello/build.sh and imports it into
+/// Docker (and through `podman_sock` when given); returns the image reference.
+pub fn tls_image(podman_sock: Option<&Path>) -> String {
+    build_fixture("tls-hello", podman_sock)
 }
 
 /// GET / on `address`; the body, or None when nothing answers.
