@@ -14,6 +14,7 @@ use mcp_proto::transport::{ServerTransport, UnixPeer, UnixSocket};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::challenge::{check_hostname, check_token, Challenge};
 use crate::proxy::Proxy;
 use crate::routes::{Pattern, RouteError, Table};
 use crate::store::Store;
@@ -135,6 +136,37 @@ impl admin_server::Admin for Admin {
             .map(|(p, r)| route_to_wire(&p, r, false))
             .collect();
         Ok(Response::new(wire::ListRoutesReply { routes }))
+    }
+
+    async fn set_challenge(
+        &self,
+        request: Request<wire::SetChallengeRequest>,
+    ) -> Result<Response<wire::SetChallengeReply>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let challenge = Challenge::new(&r.hostname, &r.kind, &r.token, &r.key_authorization)
+            .map_err(Status::invalid_argument)?;
+        let (hostname, kind) = (challenge.hostname.clone(), challenge.kind);
+        let replaced = self
+            .proxy
+            .challenges()
+            .set(challenge)
+            .map_err(Status::resource_exhausted)?;
+        info!(%hostname, kind = kind.as_str(), token = %r.token, replaced, "acme challenge set");
+        Ok(Response::new(wire::SetChallengeReply { replaced }))
+    }
+
+    async fn clear_challenge(
+        &self,
+        request: Request<wire::ClearChallengeRequest>,
+    ) -> Result<Response<wire::ClearChallengeReply>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let hostname = check_hostname(&r.hostname).map_err(Status::invalid_argument)?;
+        check_token(&r.token).map_err(Status::invalid_argument)?;
+        let cleared = self.proxy.challenges().clear(&hostname, &r.token);
+        info!(%hostname, token = %r.token, cleared, "acme challenge cleared");
+        Ok(Response::new(wire::ClearChallengeReply { cleared }))
     }
 
     async fn health(

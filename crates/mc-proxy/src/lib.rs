@@ -3,9 +3,10 @@
 //! `proxy` accepts, routes and drains, `l4` forwards bytes, `l7` terminates TLS
 //! and forwards HTTP; `routes.db` (`store`), the admin API (`admin`, its wire
 //! conversions in `wire`), the counters (`metrics`) and the plain-HTTP
-//! listeners (`plain`).
+//! listeners (`plain`), and the ACME challenges it answers (`challenge`).
 
 pub mod admin;
+pub mod challenge;
 pub mod config;
 #[cfg(target_os = "linux")]
 mod fdpass;

@@ -1,6 +1,7 @@
 //! The two plain-HTTP listeners of proxy.toml: `metrics_listen` (Prometheus
-//! text at `/metrics`) and `http_listen` (every request redirected to HTTPS;
-//! ACME HTTP-01 paths are answered 404 until the edge agent hands tokens over).
+//! text at `/metrics`) and `http_listen` (every request redirected to HTTPS,
+//! but ACME HTTP-01 paths: the key authorization of a pending challenge of the
+//! request's host and token, else 404).
 //! Small HTTP/1.1 servers on hyper, each request answered from memory.
 
 use std::convert::Infallible;
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::challenge::Challenges;
 use crate::hostname;
 use crate::metrics::Metrics;
 
@@ -52,20 +54,40 @@ pub fn metrics_handler(
     }
 }
 
-/// Redirects to `https://HOST[:https_port]/path` (308, so the method stays).
+/// Redirects to `https://HOST[:https_port]/path` (308, so the method stays);
+/// answers `/.well-known/acme-challenge/<token>` from `challenges`.
 pub fn redirect_handler(
     https_port: u16,
+    challenges: Arc<Challenges>,
 ) -> impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static {
     move |req| {
-        if req.uri().path().starts_with("/.well-known/acme-challenge/") {
-            return text(StatusCode::NOT_FOUND, "no such challenge\n");
-        }
         let host = req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.parse::<http::uri::Authority>().ok())
             .and_then(|a| hostname::normalize(a.host()).ok());
+        if let Some(token) = req
+            .uri()
+            .path()
+            .strip_prefix("/.well-known/acme-challenge/")
+        {
+            let answer = host
+                .as_deref()
+                .filter(|_| req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+                .and_then(|h| challenges.http01(h, token));
+            return match answer {
+                Some(key_authorization) => {
+                    let mut r = text(StatusCode::OK, key_authorization);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
+            };
+        }
         let Some(host) = host else {
             return text(
                 StatusCode::BAD_REQUEST,

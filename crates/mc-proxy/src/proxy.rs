@@ -4,7 +4,8 @@
 //! `unrecognized_name` alert before any backend is dialled; else dial the
 //! backend, send it the buffered ClientHello and forward (`l4`). The route table
 //! is swapped whole, so a change applies to new connections and leaves open ones
-//! alone.
+//! alone. A ClientHello offering ALPN `acme-tls/1` for a name with a pending
+//! TLS-ALPN-01 challenge is answered here, before any route is looked up.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument as _};
 
+use crate::challenge::{Challenges, ACME_TLS_ALPN};
 use crate::config::Config;
 use crate::l4::{self, Activity, CopyMode};
 use crate::l7::{self, L7Route};
@@ -108,6 +110,7 @@ pub struct Proxy {
     live: Arc<Shared>,
     metrics: Arc<Metrics>,
     tls: Arc<rustls::ServerConfig>,
+    challenges: Arc<Challenges>,
 }
 
 impl Proxy {
@@ -122,6 +125,7 @@ impl Proxy {
             live,
             metrics: Arc::new(Metrics::default()),
             tls,
+            challenges: Arc::new(Challenges::default()),
         }))
     }
 
@@ -158,6 +162,11 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The pending ACME challenges (in memory only).
+    pub fn challenges(&self) -> &Arc<Challenges> {
+        &self.challenges
     }
 
     pub fn stats(&self) -> Stats {
@@ -294,6 +303,17 @@ impl Proxy {
             }
             Parsed::NeedMore => return, // read_hello never returns it
         };
+        if let Some(config) = self.challenges.tls_alpn(&host) {
+            if sni::offers_alpn(&hello, ACME_TLS_ALPN) {
+                let left = self
+                    .limits
+                    .handshake_timeout
+                    .saturating_sub(started.elapsed());
+                return self
+                    .answer_tls_alpn(client, hello, peer, &host, config, left)
+                    .await;
+            }
+        }
         let live = self.routes();
         let Some(route) = live.table.lookup(&host).cloned() else {
             return self
@@ -399,6 +419,40 @@ impl Proxy {
             stopped(&mut drain).await
         })
         .await;
+    }
+
+    /// TLS-ALPN-01 (RFC 8737): completes the handshake with the challenge's
+    /// certificate and `acme-tls/1`, then closes.
+    async fn answer_tls_alpn(
+        &self,
+        client: TcpStream,
+        hello: Vec<u8>,
+        peer: SocketAddr,
+        host: &str,
+        config: Arc<rustls::ServerConfig>,
+        left: Duration,
+    ) {
+        let io = l7::ClientIo::new(
+            hello,
+            client,
+            Arc::new(Activity::new()),
+            Arc::clone(&self.metrics),
+        );
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        match tokio::time::timeout(left, acceptor.accept(io)).await {
+            Ok(Ok(mut tls)) => {
+                info!(%peer, host, "tls-alpn-01 challenge answered");
+                let _ = tokio::time::timeout(ALERT_LINGER, tls.shutdown()).await;
+            }
+            Ok(Err(e)) => {
+                self.metrics.refused(Refusal::Tls);
+                debug!(%peer, host, error = %e, "tls-alpn-01 handshake failed");
+            }
+            Err(_) => {
+                self.metrics.refused(Refusal::HandshakeTimeout);
+                debug!(%peer, host, "tls-alpn-01 handshake not done in time");
+            }
+        }
     }
 
     /// Connects to the route's backend and sends it what it must see first: the
@@ -571,7 +625,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         side.push(tokio::spawn(crate::plain::serve(
             "http_listen",
             l,
-            crate::plain::redirect_handler(port),
+            crate::plain::redirect_handler(port, Arc::clone(proxy.challenges())),
             stop_rx.clone(),
         )));
     }

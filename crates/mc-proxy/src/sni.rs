@@ -22,6 +22,7 @@ pub const MAX_RECORDS: usize = 64;
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
 const NAME_TYPE_HOST_NAME: u8 = 0;
 /// Largest record payload TLS allows (2^14).
 const MAX_RECORD: usize = 16 * 1024;
@@ -199,6 +200,47 @@ impl<'a> Reader<'a> {
 /// Reads a complete ClientHello message (header included): the server name, if
 /// any.
 fn client_hello(message: &[u8]) -> Result<Option<String>, &'static str> {
+    let mut name = None;
+    for_each_extension(message, |kind, body| {
+        if kind == EXT_SERVER_NAME {
+            name = Some(server_name(body)?);
+        }
+        Ok(())
+    })?;
+    Ok(name)
+}
+
+/// Whether the ClientHello in `input` (as `parse` takes it, complete) offers
+/// the ALPN protocol `protocol` (RFC 7301). False for anything `parse` would
+/// not call `Found` or `NoSni`.
+pub fn offers_alpn(input: &[u8], protocol: &[u8]) -> bool {
+    let Ok(message) = assemble(input) else {
+        return false;
+    };
+    let mut offered = false;
+    let walked = for_each_extension(&message, |kind, body| {
+        if kind == EXT_ALPN {
+            let mut outer = Reader { bytes: body };
+            let mut list = Reader {
+                bytes: outer.vec16("ALPN extension truncated")?,
+            };
+            while !list.is_empty() {
+                if list.vec8("ALPN protocol truncated")? == protocol {
+                    offered = true;
+                }
+            }
+        }
+        Ok(())
+    });
+    walked.is_ok() && offered
+}
+
+/// Checks a complete ClientHello message (header included) and calls `each`
+/// with every extension's type and body, in order.
+fn for_each_extension<'a>(
+    message: &'a [u8],
+    mut each: impl FnMut(u16, &'a [u8]) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
     let mut r = Reader {
         bytes: message.get(4..).ok_or("ClientHello too short")?,
     };
@@ -220,14 +262,13 @@ fn client_hello(message: &[u8]) -> Result<Option<String>, &'static str> {
         return Err("compression methods list is empty");
     }
     if r.is_empty() {
-        return Ok(None); // no extensions at all (SSL 3.0-style hello)
+        return Ok(()); // no extensions at all (SSL 3.0-style hello)
     }
     let extensions = r.vec16("ClientHello truncated in its extensions")?;
     if !r.is_empty() {
         return Err("bytes after the ClientHello extensions");
     }
     let mut r = Reader { bytes: extensions };
-    let mut name = None;
     let mut seen = Vec::new();
     while !r.is_empty() {
         let kind = r.u16("extension truncated in its type")?;
@@ -236,11 +277,9 @@ fn client_hello(message: &[u8]) -> Result<Option<String>, &'static str> {
             return Err("extension repeated");
         }
         seen.push(kind);
-        if kind == EXT_SERVER_NAME {
-            name = Some(server_name(body)?);
-        }
+        each(kind, body)?;
     }
-    Ok(name)
+    Ok(())
 }
 
 /// The server_name extension (RFC 6066 §3): a list holding one host_name.

@@ -10,8 +10,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::backend::{backend_on, client_config, curl, Pki, HOST};
-use common::cli::{mc_proxy, serve, text};
+use common::backend::{assert_served, backend_on, client_config, curl, Pki, HOST};
+use common::cli::{l7_args, mc_proxy, route_add, serve, text};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -53,31 +53,15 @@ async fn get(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn add(args: &[&str]) -> String {
-    let out = mc_proxy(&[&["route", "add"], args].concat());
-    assert!(out.status.success(), "route add {args:?}: {}", text(&out));
-    text(&out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_route_answers_503_and_serves_again_when_replaced() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let b = backend_on(BACKEND_IP, &pki, None).await;
-    let backend = b.to_string();
-    let route = pki.route(b, None);
-    let tls = route.tls.expect("l7 material");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &tls.cert_pem).expect("write cert");
-    std::fs::write(&key, &tls.key_pem).expect("write key");
-    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let backend = backend_on(BACKEND_IP, &pki, None).await.to_string();
+    let (cert, key) = pki.write_public_pair(dir.path());
     let p = serve(dir.path(), PROXY_IP);
-    let l7 = |hostname: &'static str| {
-        let mut v = vec!["--socket", p.sock(), "--hostname", hostname];
-        v.extend(["--backend", &backend, "--mode", "l7", "--backend-plain"]);
-        v.extend(["--cert", cert, "--key", key]);
-        v
-    };
+    let add = |args: &[&str]| route_add(p.sock(), args);
+    let l7 = |hostname: &'static str| l7_args(hostname, &backend, &cert, &key);
 
     // A kept-alive connection on another route, open through every change.
     let keep = format!("keep.{HOST}");
@@ -116,8 +100,6 @@ async fn an_unavailable_route_answers_503_and_serves_again_when_replaced() {
 
     // An unavailable l4 route: closed after the ClientHello, nothing dialled.
     add(&[
-        "--socket",
-        p.sock(),
         "--hostname",
         "l4.example",
         "--backend",
@@ -179,19 +161,7 @@ async fn an_unavailable_route_answers_503_and_serves_again_when_replaced() {
     // Available again: AddRoute replaces, and the backend serves.
     let out = add(&l7(HOST));
     assert!(out.contains("(l7) replaced"), "{out}");
-    for flag in ["--http1.1", "--http2"] {
-        let (ok, out, err) = curl(
-            &pki,
-            HOST,
-            p.listen,
-            &[flag, "-w", "%{http_code}"],
-            "/headers",
-        )
-        .await;
-        assert!(ok, "{flag}: {err}");
-        assert!(out.starts_with("GET /headers HTTP/1.1"), "{flag}: {out}");
-        assert!(out.ends_with("200"), "{flag}: {out}");
-    }
+    assert_served(&pki, HOST, p.listen).await;
     let (status, body) = get(&mut kept, &keep).await;
     assert_eq!(status, 200, "{body}");
     assert!(

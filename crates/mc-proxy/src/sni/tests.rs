@@ -539,3 +539,27 @@ proptest! {
         prop_assert_eq!(first_final, Some(bytes.len()));
     }
 }
+
+#[test]
+fn alpn_offers_of_recorded_hellos() {
+    let cases: [(&str, &[u8], bool); 6] = [
+        ("curl.bin", b"h2", true),
+        ("curl.bin", b"http/1.1", true),
+        ("curl.bin", b"acme-tls/1", false),
+        ("chromium.bin", b"h2", true),
+        ("openssl-s_client.bin", b"h2", false),
+        ("openssl-noservername.bin", b"http/1.1", false),
+    ];
+    for (file, protocol, want) in cases {
+        let bytes = recorded(file);
+        assert_eq!(
+            offers_alpn(&bytes, protocol),
+            want,
+            "{file} {}",
+            String::from_utf8_lossy(protocol)
+        );
+    }
+    let curl = recorded("curl.bin");
+    assert!(!offers_alpn(&curl[..curl.len() - 1], b"h2"), "a cut hello");
+    assert!(!offers_alpn(b"GET / HTTP/1.1\r\n\r\n", b"h2"));
+}

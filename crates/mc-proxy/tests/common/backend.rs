@@ -44,6 +44,20 @@ impl Pki {
     pub fn public_ca(&self) -> PathBuf {
         self.dir.path().join("public-ca.pem")
     }
+    /// A public certificate for HOST and `*.HOST` and its key, written to
+    /// `dir` as cert.pem and key.pem for `mc-proxy route add`; their paths.
+    pub fn write_public_pair(&self, dir: &std::path::Path) -> (String, String) {
+        let tls = self
+            .route(SocketAddr::from(([127, 0, 0, 1], 1)), None)
+            .tls
+            .expect("l7 material");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &tls.cert_pem).expect("write cert");
+        std::fs::write(&key, &tls.key_pem).expect("write key");
+        let utf8 = |p: PathBuf| p.to_str().expect("utf-8 path").to_string();
+        (utf8(cert), utf8(key))
+    }
+
     /// An L7 route to `backend` with a public certificate for HOST.
     pub fn route(&self, backend: SocketAddr, tls_name: Option<&str>) -> Route {
         let cert = self
@@ -317,4 +331,16 @@ pub async fn curl(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// curl over HTTP/1.1 and HTTP/2 to `host` through the proxy reaches the
+/// plain backend of `backend_on` (its `/headers` answer, 200).
+pub async fn assert_served(pki: &Pki, host: &str, proxy: SocketAddr) {
+    for flag in ["--http1.1", "--http2"] {
+        let (ok, out, err) =
+            curl(pki, host, proxy, &[flag, "-w", "%{http_code}"], "/headers").await;
+        assert!(ok, "{flag}: {err}");
+        assert!(out.starts_with("GET /headers HTTP/1.1"), "{flag}: {out}");
+        assert!(out.ends_with("200"), "{flag}: {out}");
+    }
 }

@@ -29,6 +29,36 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// `mc-proxy route add --socket SOCK ARGS`, which must succeed; its output.
+pub fn route_add(sock: &str, args: &[&str]) -> String {
+    let out = mc_proxy(&[&["route", "add", "--socket", sock], args].concat());
+    assert!(out.status.success(), "route add {args:?}: {}", text(&out));
+    text(&out)
+}
+
+/// The arguments of an l7 route to a plain `backend` with the pair at
+/// `cert` and `key`.
+pub fn l7_args<'a>(
+    hostname: &'a str,
+    backend: &'a str,
+    cert: &'a str,
+    key: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--hostname",
+        hostname,
+        "--backend",
+        backend,
+        "--mode",
+        "l7",
+        "--backend-plain",
+        "--cert",
+        cert,
+        "--key",
+        key,
+    ]
+}
+
 /// A running `mc-proxy --config`: killed when dropped.
 pub struct Served {
     pub child: Child,
