@@ -157,6 +157,21 @@ impl Nodes for NodeService {
             (None, true) => (Vec::new(), Vec::new(), String::new(), 0),
             (_, false) => (r.services, r.edge_routes, r.state_digest, r.containers),
         };
+        // An edge's certificate trouble (ACME) is news once per reason.
+        for route in edge_routes.iter().filter(|e| !e.cert_error.is_empty()) {
+            let before = known
+                .as_ref()
+                .and_then(|k| k.edge_routes.iter().find(|o| o.hostname == route.hostname));
+            if before.is_none_or(|b| b.cert_error != route.cert_error) {
+                registry.event(
+                    &r.name,
+                    format!(
+                        "certificate of {}: {}; the edge retries with backoff",
+                        route.hostname, route.cert_error
+                    ),
+                );
+            }
+        }
         if r.state_unknown && known.as_ref().is_none_or(|k| k.state_known) {
             registry.event(
                 &r.name,

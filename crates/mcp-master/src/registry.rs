@@ -169,6 +169,7 @@ fn observed(r: &EdgeRoute) -> Observed {
         },
         cert_not_before: r.cert_not_before,
         cert_not_after: r.cert_not_after,
+        cert_error: r.cert_error.clone(),
     }
 }
 

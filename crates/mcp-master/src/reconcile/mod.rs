@@ -187,7 +187,13 @@ pub fn routes_view(
                 .filter(|o| o.route.mode == "l7" && o.cert_not_after > 0)
                 .map(|o| o.cert_not_after),
             state: state.to_string(),
-            error: error_of(edge, &r.hostname),
+            error: {
+                let e = error_of(edge, &r.hostname);
+                match seen.map(|o| o.cert_error.as_str()) {
+                    Some(c) if e.is_empty() && !c.is_empty() => format!("certificate: {c}"),
+                    _ => e,
+                }
+            },
         };
     let mut out = Vec::new();
     let edges: Vec<(&str, &plan::EdgeFacts)> = world

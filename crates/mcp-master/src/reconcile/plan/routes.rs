@@ -46,6 +46,8 @@ pub struct Observed {
     /// The certificate the edge holds (Unix seconds; 0: none).
     pub cert_not_before: i64,
     pub cert_not_after: i64,
+    /// Why the edge has no good certificate (its own ACME), else empty.
+    pub cert_error: String,
 }
 
 /// What the planner sees of an edge.
@@ -271,6 +273,7 @@ mod tests {
             route: r,
             cert_not_before: nb,
             cert_not_after: na,
+            cert_error: String::new(),
         }
     }
 
