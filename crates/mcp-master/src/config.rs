@@ -88,6 +88,99 @@ pub struct Config {
     /// Check operator tokens with this RFC 7662-style endpoint (MCIAS) instead of
     /// signing them here, e.g. "http://127.0.0.1:8080/oauth/introspect".
     pub introspection_url: Option<String>,
+    /// The internal zone's backend (SPEC §8); absent: no DNS is kept.
+    pub dns: Option<DnsConfig>,
+}
+
+/// Where the internal zone is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsBackend {
+    /// The master answers the zone itself on `listen` (UDP and TCP).
+    #[default]
+    Embedded,
+    /// Dynamic updates signed with TSIG to a real server.
+    Rfc2136,
+}
+
+/// `[dns]` (SPEC §12).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    #[serde(default)]
+    pub backend: DnsBackend,
+    /// embedded: where to answer, UDP and TCP.
+    pub listen: Option<SocketAddr>,
+    /// rfc2136: the primary server to update.
+    pub server: Option<SocketAddr>,
+    /// rfc2136: the zone as the server knows it (default `svc.mcp.<domain>.`).
+    pub zone: Option<String>,
+    pub tsig_key_name: Option<String>,
+    /// rfc2136: the TSIG secret (base64, hmac-sha256), a file readable by its owner
+    /// only; read at start and never logged.
+    pub tsig_secret_file: Option<PathBuf>,
+    /// TTL of every record MCP keeps.
+    #[serde(default = "default_dns_ttl", with = "serde_duration")]
+    pub ttl: Duration,
+}
+
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The longest record TTL `[dns] ttl` may set.
+pub const MAX_DNS_TTL: Duration = Duration::from_secs(86400);
+
+impl DnsConfig {
+    fn validate(&self, internal_zone: &str) -> anyhow::Result<()> {
+        check_duration("dns.ttl", self.ttl, MAX_DNS_TTL)?;
+        if self.ttl < Duration::from_secs(1) {
+            bail!("dns.ttl: at least 1s");
+        }
+        if let Some(zone) = &self.zone {
+            let bare = zone.strip_suffix('.').unwrap_or(zone);
+            if !bare.eq_ignore_ascii_case(internal_zone) {
+                bail!("dns.zone {zone:?}: must be the internal zone {internal_zone}. (svc.mcp.<domain>)");
+            }
+        }
+        match self.backend {
+            DnsBackend::Embedded => {
+                if self.listen.is_none() {
+                    bail!("dns.listen: required for backend = \"embedded\"");
+                }
+                for (key, set) in [
+                    ("server", self.server.is_some()),
+                    ("tsig_key_name", self.tsig_key_name.is_some()),
+                    ("tsig_secret_file", self.tsig_secret_file.is_some()),
+                ] {
+                    if set {
+                        bail!("dns.{key}: only for backend = \"rfc2136\"");
+                    }
+                }
+            }
+            DnsBackend::Rfc2136 => {
+                if self.server.is_none() {
+                    bail!("dns.server: required for backend = \"rfc2136\"");
+                }
+                match &self.tsig_key_name {
+                    None => bail!("dns.tsig_key_name: required for backend = \"rfc2136\""),
+                    Some(k) => {
+                        for label in k.strip_suffix('.').unwrap_or(k).split('.') {
+                            mcp_types::name::check_dns_label(label)
+                                .map_err(|e| anyhow::anyhow!("dns.tsig_key_name {k:?}: {e}"))?;
+                        }
+                    }
+                }
+                if self.tsig_secret_file.is_none() {
+                    bail!("dns.tsig_secret_file: required for backend = \"rfc2136\"");
+                }
+                if self.listen.is_some() {
+                    bail!("dns.listen: only for backend = \"embedded\"");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_token_ttl() -> Duration {
@@ -237,6 +330,9 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("bootstrap_nodes: {e}"))?;
             mcp_proto::transport::uri_for(&b.address).context("bootstrap_nodes")?;
         }
+        if let Some(dns) = &self.dns {
+            dns.validate(&self.internal_zone())?;
+        }
         for (name, user) in &self.users {
             if name.is_empty()
                 || name.len() > 64
@@ -317,6 +413,50 @@ role = "admin"
         assert!(c.hostname_internal("svc.mcp.metacircular.net"));
         assert!(!c.hostname_internal("svc.metacircular.net"));
         assert!(!c.hostname_internal("xsvc.mcp.metacircular.net"));
+    }
+
+    #[test]
+    fn dns_sections_of_the_spec_parse_and_bad_ones_say_why() {
+        let embedded = format!("{GOOD}[dns]\nbackend = \"embedded\"\nlisten = \"127.0.0.11:53\"\n");
+        let c = Config::parse("master.toml", &embedded).unwrap();
+        let dns = c.dns.unwrap();
+        assert_eq!(dns.backend, DnsBackend::Embedded);
+        assert_eq!(dns.ttl, Duration::from_secs(30));
+        let rfc = format!(
+            "{GOOD}[dns]\nbackend = \"rfc2136\"\nserver = \"10.0.0.2:53\"\nzone = \"svc.mcp.metacircular.net.\"\ntsig_key_name = \"mcp\"\ntsig_secret_file = \"/srv/mcp/master/tsig.key\"\n"
+        );
+        assert!(Config::parse("master.toml", &rfc).unwrap().dns.is_some());
+        let cases = [
+            ("[dns]\nbackend = \"embedded\"\n", "dns.listen: required"),
+            ("[dns]\nbackend = \"rfc2136\"\n", "dns.server: required"),
+            (
+                "[dns]\nbackend = \"rfc2136\"\nserver = \"10.0.0.2:53\"\n",
+                "dns.tsig_key_name: required",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nzone = \"example.org.\"\n",
+                "must be the internal zone",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nserver = \"10.0.0.2:53\"\n",
+                "dns.server: only for",
+            ),
+            ("[dns]\nbackend = \"bind\"\n", "unknown variant"),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nttl = \"2d\"\n",
+                "dns.ttl",
+            ),
+        ];
+        for (section, want) in cases {
+            let err = format!(
+                "{:#}",
+                Config::parse("master.toml", &format!("{GOOD}{section}")).unwrap_err()
+            );
+            assert!(
+                err.contains(want),
+                "{section}: {err:?} should contain {want:?}"
+            );
+        }
     }
 
     #[test]

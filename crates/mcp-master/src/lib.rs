@@ -71,6 +71,7 @@ pub async fn serve(
         reconciler: reconcile::Reconciler::default(),
         started: std::time::Instant::now(),
         logins: tokio::sync::Semaphore::new(2),
+        zone: tokio::sync::watch::Sender::new(Default::default()),
         security,
         config,
     });

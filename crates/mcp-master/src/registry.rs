@@ -54,6 +54,7 @@ impl NodeEntry {
         NodeFacts {
             name: self.name.clone(),
             answers: self.state == Health::Healthy && self.state_known,
+            host: self.host().to_string(),
             copies: self
                 .services
                 .iter()
@@ -63,6 +64,15 @@ impl NodeEntry {
                     desired: s.desired != "absent",
                     running: s.desired == "running",
                     routes: public_routes(s),
+                    ports: s
+                        .components
+                        .iter()
+                        .flat_map(|c| &c.routes)
+                        .filter_map(|r| {
+                            let port = r.address.rsplit_once(':')?.1.parse::<u16>().ok()?;
+                            (port > 0).then(|| (r.name.clone(), port))
+                        })
+                        .collect(),
                 })
                 .collect(),
             edge: (self.role == Role::Edge).then(|| EdgeFacts {

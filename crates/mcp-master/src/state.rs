@@ -27,6 +27,11 @@ pub struct MasterState {
     pub started: Instant,
     /// Password checks running at once (argon2 is slow on purpose).
     pub logins: tokio::sync::Semaphore,
+    /// The internal zone as the control loop last derived it (SPEC §8): the DNS
+    /// backends read it, none of them ever waits on the registry. None until the
+    /// first pass after the fleet settled (a server then answers SERVFAIL, never a
+    /// NXDOMAIN a resolver would cache).
+    pub zone: tokio::sync::watch::Sender<Option<std::sync::Arc<crate::reconcile::plan::dns::Zone>>>,
 }
 
 impl MasterState {

@@ -141,6 +141,20 @@ pub async fn run(state: Arc<MasterState>, resync: Duration, mut shutdown: watch:
         let ticket = state.reconciler.asked.load(Ordering::SeqCst);
         let world = state.reconciler.world(&state);
         let actions = plan::plan(&world);
+        // The zone follows the same snapshot; readers see a new one only when it
+        // changed (nothing before the fleet settles: a name not reported yet is not
+        // a name gone).
+        if world.settled {
+            let zone = plan::dns::zone_records(&world);
+            state.zone.send_if_modified(|current| {
+                if current.as_deref() == Some(&zone) {
+                    false
+                } else {
+                    *current = Some(Arc::new(zone));
+                    true
+                }
+            });
+        }
         // A failure of an action no longer planned is no longer news.
         state
             .reconciler

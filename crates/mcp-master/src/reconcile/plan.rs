@@ -6,6 +6,7 @@
 //! (`routes`); DNS records plug in beside them as a further `plan_*` function whose
 //! actions join the same list.
 
+pub mod dns;
 pub mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +19,9 @@ pub struct NodeFacts {
     pub name: String,
     /// The node answers RPCs now (healthy, and its service state is known).
     pub answers: bool,
+    /// The host part of its address (an IP literal): what its services' names
+    /// resolve to.
+    pub host: String,
     pub copies: Vec<Copy>,
     /// An edge node: the routes it reported. None for a worker.
     pub edge: Option<EdgeFacts>,
@@ -37,6 +41,8 @@ pub struct Copy {
     /// Its public routes, each with the backend it publishes (`backend_name` and
     /// `unavailable` are the planner's to fill).
     pub routes: Vec<PublicRoute>,
+    /// Every route's published port on the node: (route name, port).
+    pub ports: Vec<(String, u16)>,
 }
 
 /// The registry as the planner sees it.

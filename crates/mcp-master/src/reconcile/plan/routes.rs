@@ -241,6 +241,7 @@ mod tests {
         NodeFacts {
             name: name.into(),
             answers: true,
+            host: "10.0.0.1".into(),
             copies,
             edge: None,
         }
@@ -253,6 +254,7 @@ mod tests {
             desired: true,
             running,
             routes,
+            ports: vec![],
         }
     }
 
@@ -260,6 +262,7 @@ mod tests {
         NodeFacts {
             name: "svc".into(),
             answers: true,
+            host: "10.0.0.3".into(),
             copies: vec![],
             edge: Some(EdgeFacts {
                 routes,

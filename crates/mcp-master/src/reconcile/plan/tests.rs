@@ -15,9 +15,11 @@ fn node(name: &str, answers: bool, copies: &[(&str, u64, bool)]) -> NodeFacts {
                 desired: *d,
                 running: *d,
                 routes: vec![],
+                ports: vec![],
             })
             .collect(),
         edge: None,
+        host: "127.0.0.1".into(),
     }
 }
 
@@ -206,9 +208,11 @@ fn world_strategy() -> impl Strategy<Value = World> {
                                 desired: d,
                                 running: d,
                                 routes: vec![],
+                                ports: vec![],
                             })
                             .collect(),
                         edge: None,
+                        host: format!("10.0.0.{i}"),
                     }
                 })
                 .collect(),
