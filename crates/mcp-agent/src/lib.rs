@@ -2,6 +2,7 @@
 //! container runtime or the exec driver, keeping their desired state in SQLite; as an
 //! edge node it runs none. It dials only the master, and answers the master's RPCs.
 
+pub mod acme;
 pub mod certs;
 pub mod config;
 pub mod edge;

@@ -118,8 +118,8 @@ pub fn serve(dir: &Path, ip: &str) -> Served {
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mc-proxy.log")).expect("log file"))
+            .stdout(std::fs::File::create(dir.join("mc-proxy.log")).expect("log file"))
+            .stderr(Stdio::null())
             .spawn()
             .expect("start mc-proxy"),
     );
