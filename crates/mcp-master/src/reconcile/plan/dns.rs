@@ -102,6 +102,7 @@ pub fn zone_records(world: &World) -> BTreeSet<DnsRecord> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::super::{Copy, NodeFacts};
     use super::*;
     use proptest::prelude::*;
