@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod config;
 pub mod deploy;
+pub mod dns;
 pub mod health;
 pub mod hlc;
 pub mod nodes;
@@ -75,6 +76,9 @@ pub async fn serve(
         security,
         config,
     });
+    let dns = dns::start(state.clone(), shutdown.clone())
+        .await
+        .context("start the DNS backend")?;
     let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
     tokio::spawn(health::bootstrap(state.clone()));
     let renew = tokio::spawn(security::renew_loop(state.clone(), shutdown.clone()));
@@ -105,6 +109,9 @@ pub async fn serve(
     let _ = health.await;
     let _ = reconcile.await;
     let _ = renew.await;
+    if let Some(dns) = dns {
+        let _ = dns.await;
+    }
     Ok(())
 }
 
