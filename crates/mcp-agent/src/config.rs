@@ -51,6 +51,9 @@ pub struct Config {
     /// Edge role only: where the public reaches mc-proxy (`host:port`); public URLs
     /// carry its port when it is not 443.
     pub public_address: Option<String>,
+    /// Edge role only: public certificates from an ACME CA instead of the master's
+    /// embedded public CA.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 fn default_role() -> Role {
@@ -108,6 +111,14 @@ impl Config {
                 .is_some_and(|(h, p)| !h.is_empty() && matches!(p.parse::<u16>(), Ok(p) if p > 0));
             if !ok {
                 bail!("public_address {address:?}: not host:port");
+            }
+        }
+        if let Some(acme) = &self.acme {
+            if self.role != Role::Edge {
+                bail!("acme: only for role = \"edge\"");
+            }
+            if !acme.directory.starts_with("https://") {
+                bail!("acme.directory {:?}: not an https URL", acme.directory);
             }
         }
         Ok(())

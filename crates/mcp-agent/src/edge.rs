@@ -5,6 +5,7 @@
 //! made behind the agent's back). mc-proxy's own `routes.db` keeps serving
 //! while the agent is down; the agent owns the proxy's table.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,26 @@ pub struct Edge {
     fleet_ca_pem: String,
     /// Wakes the resync loop after a change.
     changed: tokio::sync::Notify,
+    /// Public certificates from ACME, where `[acme]` is configured.
+    acme: Option<Acme>,
 }
+
+/// The edge's ACME side: its config, where its account lives, and the state of
+/// each hostname's last attempt.
+struct Acme {
+    config: crate::acme::AcmeConfig,
+    account_dir: PathBuf,
+    /// Hostnames whose last attempt failed: why, when to try again, the next wait.
+    failing: std::sync::Mutex<BTreeMap<String, (String, tokio::time::Instant, Duration)>>,
+    /// Wakes the ACME loop (a route without a certificate arrived).
+    wake: tokio::sync::Notify,
+}
+
+/// First wait after a failed ACME attempt for a hostname; doubles up to the cap.
+const ACME_BACKOFF_MIN: Duration = Duration::from_secs(2);
+const ACME_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// How often the ACME loop looks for certificates due (without a wake-up).
+const ACME_TICK: Duration = Duration::from_secs(30);
 
 /// Checks a route from the master.
 pub fn validate(r: &EdgeRoute) -> Result<(), String> {
@@ -118,6 +138,12 @@ fn decode(text: &str) -> anyhow::Result<EdgeRoute> {
         key_pem: s("key_pem"),
         ..Default::default()
     })
+}
+
+/// Can mc-proxy serve it now? An l7 route needs its certificate (ACME may not
+/// have brought it yet).
+fn servable(r: &EdgeRoute) -> bool {
+    r.mode != "l7" || !r.cert_pem.is_empty()
 }
 
 /// A stored route as it is reported: the key and certificate left out, the
@@ -210,7 +236,20 @@ impl Edge {
             socket,
             fleet_ca_pem,
             changed: tokio::sync::Notify::new(),
+            acme: None,
         }
+    }
+
+    /// Obtains l7 certificates from ACME (account kept in `account_dir`) instead of
+    /// taking them from the master.
+    pub fn with_acme(mut self, config: crate::acme::AcmeConfig, account_dir: PathBuf) -> Edge {
+        self.acme = Some(Acme {
+            config,
+            account_dir,
+            failing: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        });
+        self
     }
 
     /// The stored routes.
@@ -225,7 +264,16 @@ impl Edge {
     /// The stored routes as the master sees them: no key, no certificate, but
     /// the certificate's validity.
     pub fn reported(&self) -> anyhow::Result<Vec<EdgeRoute>> {
-        Ok(self.routes()?.into_iter().map(report).collect())
+        let mut routes: Vec<EdgeRoute> = self.routes()?.into_iter().map(report).collect();
+        if let Some(acme) = &self.acme {
+            let failing = acme.failing.lock().unwrap_or_else(|e| e.into_inner());
+            for r in &mut routes {
+                if let Some((why, _, _)) = failing.get(&r.hostname) {
+                    r.cert_error = why.clone();
+                }
+            }
+        }
+        Ok(routes)
     }
 
     /// Commits `route`, then programs mc-proxy. A proxy that cannot be reached
@@ -247,6 +295,8 @@ impl Edge {
                     route.cert_pem = o.cert_pem.clone();
                     route.key_pem = o.key_pem.clone();
                 }
+                // ACME brings one: the route is kept and served once it has.
+                None if self.acme.is_some() => {}
                 None => {
                     return Err(EdgeError::Invalid(format!(
                         "route {}: no certificate: the edge holds none for this hostname",
@@ -271,7 +321,25 @@ impl Edge {
             .store
             .put_edge_route(&route.hostname, &encode(&route))
             .map_err(EdgeError::Internal)?;
-        let wire = to_admin(&route, &self.fleet_ca_pem);
+        if !servable(&route) {
+            // Waiting for its ACME certificate.
+            if let Some(acme) = &self.acme {
+                acme.wake.notify_one();
+            }
+            info!(hostname = %route.hostname, backend = %route.backend, replaced, "edge route kept; served once ACME brings its certificate");
+            return Ok(replaced);
+        }
+        self.program(&route).await?;
+        self.changed.notify_one();
+        info!(hostname = %route.hostname, backend = %route.backend, mode = %route.mode, replaced, "edge route set up");
+        Ok(replaced)
+    }
+
+    /// Programs one route into mc-proxy. A proxy that cannot be reached is not an
+    /// error (the resync loop applies the route); material it refuses takes the
+    /// route back out.
+    async fn program(&self, route: &EdgeRoute) -> Result<(), EdgeError> {
+        let wire = to_admin(route, &self.fleet_ca_pem);
         match self.client().await {
             Ok(mut c) => match c
                 .add_route(admin::AddRouteRequest { route: Some(wire) })
@@ -295,9 +363,7 @@ impl Edge {
                 warn!(hostname = %route.hostname, error = %format!("{e:#}"), "mc-proxy unreachable: the resync will apply the route")
             }
         }
-        self.changed.notify_one();
-        info!(hostname = %route.hostname, backend = %route.backend, mode = %route.mode, replaced, "edge route set up");
-        Ok(replaced)
+        Ok(())
     }
 
     /// Removes the route of `hostname` from the database and from mc-proxy.
@@ -331,7 +397,7 @@ impl Edge {
     /// Makes mc-proxy's table the agent's: adds what is missing or different,
     /// removes what the agent does not hold. Returns the changes made.
     pub async fn apply(&self) -> anyhow::Result<usize> {
-        let want = self.routes()?;
+        let want: Vec<EdgeRoute> = self.routes()?.into_iter().filter(servable).collect();
         let mut c = self.client().await?;
         let have = c
             .list_routes(admin::ListRoutesRequest {})
@@ -360,6 +426,114 @@ impl Edge {
             }
         }
         Ok(changes)
+    }
+
+    /// Obtains ACME certificates for l7 routes that have none or whose certificate
+    /// is past two thirds of its lifetime, one hostname at a time, each failure
+    /// retried with a doubling backoff; nothing is asked of the CA while every
+    /// certificate is good. Until `shutdown`; returns at once without `[acme]`.
+    pub async fn acme_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(acme) = &self.acme else {
+            return;
+        };
+        loop {
+            if let Err(e) = self.acme_pass(acme, &mut shutdown).await {
+                warn!(error = %format!("{e:#}"), "acme: read the routes: retrying");
+            }
+            // The next failed hostname's retry, if it comes before the next tick.
+            let retry = acme
+                .failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|(_, at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
+                .min()
+                .unwrap_or(ACME_TICK)
+                .min(ACME_TICK);
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = acme.wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn acme_pass(
+        &self,
+        acme: &Acme,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let now = std::time::SystemTime::now();
+        let due: Vec<EdgeRoute> = self
+            .routes()?
+            .into_iter()
+            .filter(|r| r.mode == "l7")
+            .filter(|r| {
+                mcp_pki::cert::cert_from_pem(&r.cert_pem)
+                    .and_then(|der| mcp_pki::cert::validity(&der))
+                    .map_or(true, |(nb, na)| now >= mcp_pki::cert::renew_at(nb, na))
+            })
+            .collect();
+        // Hostnames no longer routed are forgotten.
+        {
+            let hosts: Vec<String> = self.routes()?.into_iter().map(|r| r.hostname).collect();
+            acme.failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|h, _| hosts.contains(h));
+        }
+        for route in due {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let waiting = acme
+                .failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&route.hostname)
+                .is_some_and(|(_, at, _)| tokio::time::Instant::now() < *at);
+            if waiting {
+                continue;
+            }
+            let host = route.hostname.clone();
+            info!(hostname = %host, "acme: asking for a certificate");
+            let result = tokio::select! {
+                r = crate::acme::obtain(&acme.config, &acme.account_dir, &host, &self.socket) => r,
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            };
+            match result {
+                Ok((cert_pem, key_pem)) => {
+                    acme.failing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&host);
+                    // The route may have changed meanwhile: put the certificate on
+                    // the one stored now.
+                    let Some(mut current) = self.routes()?.into_iter().find(|r| r.hostname == host)
+                    else {
+                        continue;
+                    };
+                    current.cert_pem = cert_pem;
+                    current.key_pem = key_pem;
+                    self.store.put_edge_route(&host, &encode(&current))?;
+                    if let Err(e) = self.program(&current).await {
+                        warn!(hostname = %host, error = %e, "acme: mc-proxy refused the certificate");
+                    }
+                    self.changed.notify_one();
+                    info!(hostname = %host, "acme: certificate obtained and served");
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    let mut failing = acme.failing.lock().unwrap_or_else(|e| e.into_inner());
+                    let wait = failing
+                        .get(&host)
+                        .map_or(ACME_BACKOFF_MIN, |(_, _, w)| (*w * 2).min(ACME_BACKOFF_MAX));
+                    warn!(hostname = %host, error = %why, retry_in = ?wait, "acme: no certificate");
+                    failing.insert(host, (why, tokio::time::Instant::now() + wait, wait));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Re-applies the table at start, after each change, and every few

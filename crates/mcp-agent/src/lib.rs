@@ -144,17 +144,20 @@ async fn serve(
             let fleet_ca_pem = std::fs::read_to_string(&ca_path)
                 .with_context(|| format!("read the fleet CA {}", ca_path.display()))?;
             let edge_store = store::Store::open(&data_dir.join("agent.db"))?;
-            Some(Arc::new(edge::Edge::new(
-                edge_store,
-                socket.clone(),
-                fleet_ca_pem,
-            )))
+            let edge = edge::Edge::new(edge_store, socket.clone(), fleet_ca_pem);
+            Some(Arc::new(match &config.acme {
+                Some(acme) => edge.with_acme(acme.clone(), data_dir.join("acme")),
+                None => edge,
+            }))
         }
         _ => None,
     };
     let resync = edge
         .clone()
         .map(|e| tokio::spawn(e.resync_loop(shutdown.clone())));
+    let acme = edge
+        .clone()
+        .map(|e| tokio::spawn(e.acme_loop(shutdown.clone())));
     let service = server::AgentService {
         node: node.clone(),
         nudge: nudge.clone(),
@@ -187,8 +190,8 @@ async fn serve(
     let _ = register.await;
     let _ = renew.await;
     let _ = renew_node_cert.await;
-    if let Some(r) = resync {
-        let _ = r.await;
+    for task in [resync, acme].into_iter().flatten() {
+        let _ = task.await;
     }
     Ok(())
 }

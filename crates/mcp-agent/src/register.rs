@@ -142,7 +142,7 @@ impl Registrar {
             services,
             edge_routes,
             public_address: self.config.public_address.clone().unwrap_or_default(),
-            acme: false,
+            acme: self.config.acme.is_some(),
             state_unknown: state_error.is_some(),
             state_error: state_error.unwrap_or_default(),
         };
