@@ -122,6 +122,10 @@ async fn call(channel: &Channel, method: &str, token: Option<&str>) -> Result<()
             .list_nodes(with_token(wire::ListNodesRequest {}, token))
             .await
             .map(|_| ()),
+        "ListRoutes" => c
+            .list_routes(with_token(wire::ListRoutesRequest {}, token))
+            .await
+            .map(|_| ()),
         other => panic!("operator RPC {other} is not walked by this test: add it"),
     }
 }
