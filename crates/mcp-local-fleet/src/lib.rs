@@ -317,6 +317,15 @@ impl Fleet {
                 quote(role)
             ));
         }
+        // The embedded DNS on the master's address (SPEC §11: 127.0.0.11:5353 in
+        // `mcp dev`), unless master_extra configures its own [dns].
+        if !spec.master_extra.lines().any(|l| l.trim() == "[dns]") {
+            const DNS_PORT: u16 = 5353;
+            master.push_str(&format!(
+                "[dns]\nbackend = \"embedded\"\nlisten = {}\n",
+                quote(&format!("{}:{DNS_PORT}", spec.master_ip))
+            ));
+        }
         std::fs::write(dir.join("master/master.toml"), master).context("write master.toml")?;
         for node in &spec.nodes {
             let node_dir = dir.join(&node.name);
