@@ -4,266 +4,23 @@
 //! key), the backend's loop fed by hand through the zone watch as the control loop
 //! feeds it, and every answer checked with the real `dig`.
 //!
-//! named listens on 127.0.0.1 (it only binds addresses an interface carries, and
-//! lo carries 127.0.0.1 alone) on a free high port. Without bind9 the test says why
-//! and passes, unless CI is set. named is killed and its files removed by a guard,
-//! whatever happens.
+//! named (tests/rfc2136_named) listens on 127.0.0.1 on a free high port. Without
+//! bind9 the test says why and passes, unless CI is set. named is killed and its
+//! files removed by a guard, whatever happens.
 
 #![allow(clippy::unwrap_used)]
 
+mod rfc2136_named;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcp_master::dns::rfc2136::{self, Events, Options, Target};
 use mcp_master::reconcile::plan::dns::{DnsRecord, RData, Zone};
 use mcp_pki::Secret;
+use rfc2136_named::{Named, ZONE};
 use tokio::sync::watch;
-
-const ZONE: &str = "svc.mcp.metacircular.net";
-
-/// named, killed (and its directory removed) on drop.
-struct Named {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn installed(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port for named");
-}
-
-impl Named {
-    fn start() -> Result<Named, String> {
-        for bin in ["named", "tsig-keygen", "dig", "nsupdate"] {
-            if !installed(bin) {
-                return Err(format!(
-                    "{bin} is not installed (apt-get install bind9 bind9-dnsutils)"
-                ));
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let key = Command::new("tsig-keygen").arg("mcp").output().unwrap();
-        assert!(
-            key.status.success(),
-            "tsig-keygen: {}",
-            String::from_utf8_lossy(&key.stderr)
-        );
-        std::fs::write(d.join("key.conf"), &key.stdout).unwrap();
-        // A second key that may read the zone but not update it.
-        let reader = Command::new("tsig-keygen").arg("reader").output().unwrap();
-        assert!(reader.status.success());
-        std::fs::write(d.join("reader.conf"), &reader.stdout).unwrap();
-        std::fs::write(
-            d.join("zone.db"),
-            format!(
-                "$TTL 60\n\
-                 @ IN SOA ns.{ZONE}. hostmaster.metacircular.net. 1 3600 600 86400 60\n\
-                 @ IN NS ns.{ZONE}.\n\
-                 ns IN A 127.0.0.1\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let p = d.display();
-        std::fs::write(
-            d.join("named.conf"),
-            format!(
-                "include \"{p}/key.conf\";\n\
-                 include \"{p}/reader.conf\";\n\
-                 options {{\n\
-                   directory \"{p}\";\n\
-                   listen-on port {port} {{ 127.0.0.1; }};\n\
-                   listen-on-v6 {{ none; }};\n\
-                   pid-file \"{p}/named.pid\";\n\
-                   session-keyfile \"{p}/session.key\";\n\
-                   managed-keys-directory \"{p}\";\n\
-                   recursion no;\n\
-                   dnssec-validation no;\n\
-                   notify no;\n\
-                 }};\n\
-                 controls {{ }};\n\
-                 zone \"{ZONE}\" {{\n\
-                   type primary;\n\
-                   file \"{p}/zone.db\";\n\
-                   update-policy {{ grant mcp zonesub ANY; }};\n\
-                   allow-transfer {{ key mcp; key reader; }};\n\
-                 }};\n"
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(d.join("named.log")).unwrap();
-        let child = Command::new("named")
-            .args(["-g", "-c"])
-            .arg(d.join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start named: {e}"))?;
-        let named = Named { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while named.dig(ZONE, "SOA").is_empty() {
-            if Instant::now() > deadline {
-                panic!("named did not answer within 20 s:\n{}", named.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(named)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
-    }
-
-    fn server(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn key_file(&self) -> PathBuf {
-        self.dir.path().join("key.conf")
-    }
-
-    /// A key's secret (base64), as BIND has it: "mcp" or "reader".
-    fn secret(&self, key: &str) -> Secret {
-        let file = if key == "mcp" {
-            "key.conf".to_string()
-        } else {
-            format!("{key}.conf")
-        };
-        rfc2136::read_secret(&private_copy(&self.dir.path().join(file), self.dir.path())).unwrap()
-    }
-
-    fn dig_output(&self, args: &[&str]) -> String {
-        let out = Command::new("dig")
-            .arg("@127.0.0.1")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "+norecurse",
-                "+time=2",
-                "+tries=1",
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `dig +short NAME TYPE`, sorted.
-    fn dig(&self, name: &str, kind: &str) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .dig_output(&["+short", name, kind])
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with(';'))
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
-    }
-
-    /// The status dig reports for NAME A ("NOERROR", "NXDOMAIN").
-    fn status(&self, name: &str) -> String {
-        let out = self.dig_output(&[name, "A"]);
-        out.split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("no answer")
-            .to_string()
-    }
-
-    /// The whole zone by a signed AXFR (`dig -k`), SOA lines left out, sorted.
-    fn zone(&self) -> Vec<String> {
-        let key = self.key_file();
-        let out = self.dig_output(&[
-            "-k",
-            key.to_str().unwrap(),
-            "+nocmd",
-            "+nostats",
-            "+nocomments",
-            ZONE,
-            "AXFR",
-        ]);
-        let mut lines: Vec<String> = out
-            .lines()
-            .filter(|l| {
-                !l.is_empty()
-                    && !l.starts_with(';')
-                    && !l.contains("\tSOA\t")
-                    && !l.contains("TSIG")
-            })
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
-        lines.sort();
-        lines
-    }
-
-    /// `nsupdate -k KEY` with `commands` (records added by hand).
-    fn nsupdate(&self, commands: &str) {
-        let mut child = Command::new("nsupdate")
-            .arg("-k")
-            .arg(self.key_file())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            write!(
-                stdin,
-                "server 127.0.0.1 {}\nzone {ZONE}\n{commands}\nsend\n",
-                self.port
-            )
-            .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nsupdate: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-/// The key file at mode 0600 (tsig-keygen's output went through a plain write).
-fn private_copy(key: &Path, dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let copy = dir.join("mcp-tsig.key");
-    std::fs::copy(key, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
-    copy
-}
 
 fn a(service: &str, ip: &str) -> DnsRecord {
     DnsRecord {
@@ -368,7 +125,7 @@ async fn keeps_a_real_bind_zone_in_line_and_leaves_hand_made_records_alone() {
             return;
         }
     };
-    let secret = named.secret("mcp");
+    let secret = rfc2136::read_secret(&named.key_file("mcp")).unwrap();
     // Records made by hand before MCP comes: one at a name of its own, one at a name
     // MCP will want.
     named.nsupdate(&format!(
@@ -568,7 +325,7 @@ async fn keeps_a_real_bind_zone_in_line_and_leaves_hand_made_records_alone() {
     backend.stop().await;
 
     // A key that may read the zone but not update it: the update itself is refused.
-    let reader = named.secret("reader");
+    let reader = rfc2136::read_secret(&named.key_file("reader")).unwrap();
     let backend = Backend::start(named.server(), ZONE, "reader", &reader);
     backend.publish(vec![a("intruder", "127.0.0.144")]);
     eventually(
