@@ -359,8 +359,8 @@ struct Syncer {
     events: Events,
     /// What the server holds, as last read back and updated since; None: read it.
     held: Option<Holding>,
-    /// The failure last reported (an event once per reason).
-    failing: Option<String>,
+    /// Failures reported since the last success (an event once per reason).
+    failing: BTreeSet<String>,
     /// Names MCP wants that someone else holds (reported once each).
     conflicts: BTreeSet<String>,
 }
@@ -389,7 +389,7 @@ impl Syncer {
         let conflicts: BTreeSet<String> = conflicts.into_iter().collect();
         for name in conflicts.difference(&self.conflicts) {
             let message = format!(
-                "dns: {name} holds records MCP does not own (no TXT \"{OWNER_TXT}\"): left alone"
+                "{name} holds records MCP does not own (no TXT \"{OWNER_TXT}\"): left alone"
             );
             tracing::warn!(server = %self.target.server, "{message}");
             (self.events)(message);
@@ -427,10 +427,10 @@ impl Syncer {
     fn failed(&mut self, failure: &Failure) {
         self.held = None;
         let reason = format!(
-            "dns: rfc2136 server {} (zone {}): {failure}; retrying",
+            "rfc2136 server {} (zone {}): {failure}; retrying",
             self.target.server, self.target.zone
         );
-        if self.failing.as_deref() == Some(reason.as_str()) {
+        if self.failing.contains(&reason) {
             tracing::debug!("{reason}");
             return;
         }
@@ -439,13 +439,13 @@ impl Syncer {
             None => tracing::warn!(server = %self.target.server, "{reason}"),
         }
         (self.events)(reason.clone());
-        self.failing = Some(reason);
+        self.failing.insert(reason);
     }
 
     fn succeeded(&mut self) {
-        if self.failing.take().is_some() {
+        if !std::mem::take(&mut self.failing).is_empty() {
             let message = format!(
-                "dns: rfc2136 server {} (zone {}) in sync again",
+                "rfc2136 server {} (zone {}) in sync again",
                 self.target.server, self.target.zone
             );
             tracing::info!("{message}");
@@ -466,7 +466,7 @@ pub async fn run(
     let origin = match client::fqdn(&target.zone) {
         Ok(o) => o,
         Err(e) => {
-            events(format!("dns: rfc2136 zone {}: {e}", target.zone));
+            events(format!("rfc2136 zone {}: {e}", target.zone));
             return;
         }
     };
@@ -476,7 +476,7 @@ pub async fn run(
         options,
         events,
         held: None,
-        failing: None,
+        failing: BTreeSet::new(),
         conflicts: BTreeSet::new(),
     };
     let mut backoff = sync.options.backoff_min;
