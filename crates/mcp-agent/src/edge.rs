@@ -66,6 +66,9 @@ const ACME_BACKOFF_MIN: Duration = Duration::from_secs(2);
 const ACME_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// How often the ACME loop looks for certificates due (without a wake-up).
 const ACME_TICK: Duration = Duration::from_secs(30);
+/// The shortest wait for a renewal, so a certificate due as soon as it is issued
+/// is not asked for in a tight loop.
+const ACME_RENEW_MIN: Duration = Duration::from_secs(1);
 
 /// Checks a route from the master.
 pub fn validate(r: &EdgeRoute) -> Result<(), String> {
@@ -440,16 +443,34 @@ impl Edge {
             if let Err(e) = self.acme_pass(acme, &mut shutdown).await {
                 warn!(error = %format!("{e:#}"), "acme: read the routes: retrying");
             }
-            // The next failed hostname's retry, if it comes before the next tick.
-            let retry = acme
-                .failing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .map(|(_, at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
-                .min()
-                .unwrap_or(ACME_TICK)
-                .min(ACME_TICK);
+            // The next failed hostname's retry or the next renewal due, if it comes
+            // before the next tick (a certificate may live less than a tick).
+            let retry = {
+                let routes = self.routes().unwrap_or_default();
+                let now = std::time::SystemTime::now();
+                let failing = acme.failing.lock().unwrap_or_else(|e| e.into_inner());
+                let renewal = routes
+                    .iter()
+                    .filter(|r| r.mode == "l7" && !failing.contains_key(&r.hostname))
+                    .filter_map(|r| {
+                        mcp_pki::cert::cert_from_pem(&r.cert_pem)
+                            .and_then(|der| mcp_pki::cert::validity(&der))
+                            .ok()
+                    })
+                    .map(|(nb, na)| {
+                        let at = mcp_pki::cert::renew_at(nb, na);
+                        at.duration_since(now)
+                            .unwrap_or_default()
+                            .max(ACME_RENEW_MIN)
+                    });
+                failing
+                    .values()
+                    .map(|(_, at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
+                    .chain(renewal)
+                    .min()
+                    .unwrap_or(ACME_TICK)
+                    .min(ACME_TICK)
+            };
             tokio::select! {
                 () = tokio::time::sleep(retry) => {}
                 () = acme.wake.notified() => {}

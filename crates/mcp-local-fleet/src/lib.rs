@@ -59,6 +59,9 @@ pub struct NodeSpec {
     pub ip: String,
     pub arch: Option<String>,
     pub pools: Vec<String>,
+    /// More lines at the end of this node's `agent.toml`, after every key the
+    /// fleet writes: tables such as `[acme]` belong here.
+    pub agent_extra: String,
 }
 
 impl NodeSpec {
@@ -69,6 +72,7 @@ impl NodeSpec {
             ip: ip.to_string(),
             arch: None,
             pools: Vec::new(),
+            agent_extra: String::new(),
         }
     }
 }
@@ -373,6 +377,7 @@ impl Fleet {
                 let pools: Vec<String> = node.pools.iter().map(|p| quote(p)).collect();
                 agent.push_str(&format!("pools = [{}]\n", pools.join(", ")));
             }
+            agent.push_str(&node.agent_extra);
             write_private(&node_dir.join("agent.toml"), agent.as_bytes())?;
         }
         let cli = format!(

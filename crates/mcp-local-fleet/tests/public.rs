@@ -19,32 +19,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// The address of the fleet's edge (svc's mc-proxy).
-fn edge_ip(fleet: &Fleet) -> String {
-    fleet.spec.edges().next().expect("an edge").ip.clone()
-}
-
-/// Ends what a test started even when it fails: the exec instances of its services.
-struct Cleanup {
-    services: Vec<String>,
-    programs: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for service in &self.services {
-            for program in &self.programs {
-                purge_exec(service, program);
-            }
-        }
-    }
-}
 
 /// How a test runs its components: the exec driver, or containers of the test
 /// images.
@@ -109,72 +86,6 @@ fn tls(dir: &Path, runtime: Runtime, service: &str, host: &str, mode: &str) -> S
     definition(dir, service, &component, &route, None)
 }
 
-/// `curl` through the edge: (HTTP status, body); status 0 when the request failed.
-fn curl(fleet: &Fleet, host: &str, extra: &[&str]) -> (u16, String) {
-    let ca = fleet.spec.dir.join("public-ca.pem");
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "3", "--cacert"])
-        .arg(&ca)
-        .arg("--resolve")
-        .arg(format!("{host}:8443:{}", edge_ip(fleet)))
-        .args(extra)
-        .args(["-w", "\n%{http_code} %{http_version}"])
-        .arg(format!("https://{host}:8443/"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let code = tail
-        .split_whitespace()
-        .next()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, format!("{body} [{tail}]"))
-}
-
-/// The certificate the edge presents for `host`, as `openssl x509 -text` prints it,
-/// and `openssl s_client`'s own output.
-fn edge_cert(fleet: &Fleet, host: &str, ca: &Path) -> (String, String) {
-    let edge = format!("{}:8443", edge_ip(fleet));
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &edge,
-            "-servername",
-            host,
-            "-CAfile",
-        ])
-        .arg(ca)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run openssl s_client");
-    let client = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-text"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let _ = x509.stdin.take().unwrap().write_all(client.as_bytes());
-    }
-    let text = String::from_utf8_lossy(&x509.wait_with_output().unwrap().stdout).to_string();
-    (text, client)
-}
-
-/// The route of `host` in `mcp route list --json`.
-fn route_of(fleet: &Fleet, host: &str) -> Option<serde_json::Value> {
-    fleet
-        .mcp_json(&["route", "list"])
-        .ok()?
-        .as_array()?
-        .iter()
-        .find(|r| r["hostname"] == host)
-        .cloned()
-}
-
 /// mc-proxy's own table: hostnames.
 fn proxy_hosts(fleet: &Fleet) -> Vec<String> {
     let out = Command::new(fleet.bin.path("mc-proxy"))
@@ -194,105 +105,6 @@ fn proxy_hosts(fleet: &Fleet) -> Vec<String> {
 /// Lines of the edge agent's log saying it set up a route.
 fn setups(fleet: &Fleet) -> usize {
     fleet.log("svc").matches("edge route set up").count()
-}
-
-/// A bounded loop of requests through the edge in a thread, counting failures
-/// (anything but 200) until stopped or `max` requests.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(fleet: &Fleet, host: &str) -> Load {
-        let ca = fleet.spec.dir.join("public-ca.pem");
-        let edge = edge_ip(fleet);
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, o, f, e) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-        let host = host.to_string();
-        let thread = std::thread::spawn(move || {
-            for _ in 0..20_000 {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                let out = Command::new("curl")
-                    .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--cacert"])
-                    .arg(&ca)
-                    .arg("--resolve")
-                    .arg(format!("{host}:8443:{edge}"))
-                    .args(["-w", "%{http_code}"])
-                    .arg(format!("https://{host}:8443/"))
-                    .output();
-                match out {
-                    Ok(out) if out.stdout == b"200" => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(out) => {
-                        f.fetch_add(1, Ordering::SeqCst);
-                        if let Ok(mut e) = e.lock() {
-                            e.push(format!(
-                                "{} {}",
-                                String::from_utf8_lossy(&out.stdout),
-                                String::from_utf8_lossy(&out.stderr).trim()
-                            ));
-                        }
-                    }
-                    Err(_) => {
-                        f.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Load {
-            stop,
-            ok,
-            failed,
-            errors,
-            thread: Some(thread),
-        }
-    }
-
-    /// (ok, failed) so far.
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-
-    /// Waits until at least `n` more requests succeeded.
-    fn advance(&self, n: u64) {
-        let start = self.counts().0;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.counts().0 < start + n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            self.counts().0 >= start + n,
-            "the load stalled: {:?}",
-            self.counts()
-        );
-    }
-
-    fn errors(&self) -> Vec<String> {
-        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A fleet of the seed nodes on 127.0.0.`base`.. with `extra` in master.toml.

@@ -316,3 +316,215 @@ pub fn follow_logs(
     });
     (child, rx)
 }
+
+/// The address of the fleet's edge (its first edge's mc-proxy).
+pub fn edge_ip(fleet: &Fleet) -> String {
+    fleet.spec.edges().next().expect("an edge").ip.clone()
+}
+
+/// Ends what a test started even when it fails: the exec instances of its services.
+pub struct Cleanup {
+    pub services: Vec<String>,
+    pub programs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for service in &self.services {
+            for program in &self.programs {
+                purge_exec(service, program);
+            }
+        }
+    }
+}
+
+/// `curl` through the edge trusting the embedded public CA (`DIR/public-ca.pem`):
+/// (HTTP status, body); status 0 when the request failed.
+pub fn curl(fleet: &Fleet, host: &str, extra: &[&str]) -> (u16, String) {
+    curl_ca(fleet, &fleet.spec.dir.join("public-ca.pem"), host, extra)
+}
+
+/// `curl` through the edge trusting `ca`: (HTTP status, body and `[code
+/// version]`); status 0 when the request failed.
+pub fn curl_ca(fleet: &Fleet, ca: &Path, host: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:8443:{}", edge_ip(fleet)))
+        .args(extra)
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .arg(format!("https://{host}:8443/"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = tail
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        (code, format!("{body} [{tail}]"))
+    } else {
+        (code, format!("{body} [{tail}] {stderr}"))
+    }
+}
+
+/// The certificate the edge presents for `host`, as `openssl x509 -text` prints it,
+/// and `openssl s_client`'s own output.
+pub fn edge_cert(fleet: &Fleet, host: &str, ca: &Path) -> (String, String) {
+    let edge = format!("{}:8443", edge_ip(fleet));
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &edge,
+            "-servername",
+            host,
+            "-CAfile",
+        ])
+        .arg(ca)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let client = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = openssl_x509(&client, &["-text"]);
+    (text, client)
+}
+
+/// `openssl x509 -noout ARGS` of the first certificate in `pem`: what it prints.
+pub fn openssl_x509(pem: &str, args: &[&str]) -> String {
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let _ = x509.stdin.take().unwrap().write_all(pem.as_bytes());
+    }
+    String::from_utf8_lossy(&x509.wait_with_output().unwrap().stdout).to_string()
+}
+
+/// The route of `host` in `mcp route list --json`.
+pub fn route_of(fleet: &Fleet, host: &str) -> Option<serde_json::Value> {
+    fleet
+        .mcp_json(&["route", "list"])
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|r| r["hostname"] == host)
+        .cloned()
+}
+
+/// A bounded loop of requests through the edge in a thread, counting failures
+/// (anything but 200) until stopped or `max` requests.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Requests trusting the embedded public CA (`DIR/public-ca.pem`).
+    pub fn start(fleet: &Fleet, host: &str) -> Load {
+        Load::start_ca(fleet, host, &fleet.spec.dir.join("public-ca.pem"))
+    }
+
+    /// Requests trusting `ca`.
+    pub fn start_ca(fleet: &Fleet, host: &str, ca: &Path) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let ca = ca.to_path_buf();
+        let edge = edge_ip(fleet);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f, e) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+        let host = host.to_string();
+        let thread = std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let out = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--cacert"])
+                    .arg(&ca)
+                    .arg("--resolve")
+                    .arg(format!("{host}:8443:{edge}"))
+                    .args(["-w", "%{http_code}"])
+                    .arg(format!("https://{host}:8443/"))
+                    .output();
+                match out {
+                    Ok(out) if out.stdout == b"200" => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(out) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut e) = e.lock() {
+                            e.push(format!(
+                                "{} {}",
+                                String::from_utf8_lossy(&out.stdout),
+                                String::from_utf8_lossy(&out.stderr).trim()
+                            ));
+                        }
+                    }
+                    Err(_) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    /// (ok, failed) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Waits until at least `n` more requests succeeded.
+    pub fn advance(&self, n: u64) {
+        let start = self.counts().0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.counts().0 < start + n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            self.counts().0 >= start + n,
+            "the load stalled: {:?}",
+            self.counts()
+        );
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
