@@ -225,12 +225,21 @@ pub fn routes_view(
     for (edge, facts) in edges {
         for r in want.values() {
             let seen = facts.routes.iter().find(|o| o.route.hostname == r.hostname);
+            // An l7 route serves only with a certificate that has not expired (an
+            // ACME edge may still be waiting for its first).
+            let certified =
+                |o: &plan::Observed| o.route.mode != "l7" || o.cert_not_after > world.now;
             let state = match seen {
+                Some(o) if o.route == *r && !certified(o) => "pending",
                 Some(o) if o.route == *r && r.unavailable => "stopped",
                 Some(o) if o.route == *r => "serving",
                 _ => "pending",
             };
-            out.push(view(edge, r, seen, state));
+            let mut v = view(edge, r, seen, state);
+            if state == "pending" && v.error.is_empty() && seen.is_some_and(|o| o.route == *r) {
+                v.error = "waiting for the edge's certificate".to_string();
+            }
+            out.push(v);
         }
         for o in &facts.routes {
             if !want.contains_key(&o.route.hostname) {
