@@ -29,6 +29,43 @@ use crate::runtime::Runtime;
 /// This agent's version, reported at registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The target triple this binary was built for (`mcp-agent --version`).
+pub const TARGET: &str = env!("MCP_AGENT_TARGET");
+
+/// SHA-256 (lowercase hex) of this process's executable, reported at registration
+/// (SPEC §9). Read from `/proc/self/exe` on first use, which `main` makes the start:
+/// the file may be replaced on disk later, as `mcp agent upgrade` does. Empty (and
+/// logged) when it cannot be read.
+pub fn binary_sha256() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(
+        || match sha256_file(std::path::Path::new("/proc/self/exe")) {
+            Ok(hex) => hex,
+            Err(e) => {
+                tracing::warn!("hash /proc/self/exe: {e}");
+                String::new()
+            }
+        },
+    )
+}
+
+/// SHA-256 (lowercase hex) of a file's contents, read in 64 KiB blocks.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The runtimes a node drives: a container runtime (Docker or Podman) where it has
 /// one, and the exec driver.
 pub struct Runtimes {

@@ -6,8 +6,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `mcp-agent --version`: the version and the target triple it was built for.
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("MCP_AGENT_TARGET"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "mcp-agent", version, about = "MCP node agent")]
+#[command(name = "mcp-agent", version = VERSION_LINE, about = "MCP node agent")]
 struct Cli {
     /// The agent's configuration file.
     #[arg(long, default_value = "/srv/mcp/agent.toml")]
@@ -48,6 +56,14 @@ fn main() -> ExitCode {
             Some(Command::Supervise { dir }) => mcp_agent::runtime::exec::supervise(&dir).await,
             None => {
                 let config = mcp_agent::config::Config::load(&cli.config)?;
+                // Now, before anyone replaces the file (SPEC §9).
+                let sha = mcp_agent::binary_sha256();
+                tracing::info!(
+                    version = mcp_agent::VERSION,
+                    target = mcp_agent::TARGET,
+                    binary_sha256 = sha,
+                    "mcp-agent"
+                );
                 let exe = std::env::current_exe()?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {

@@ -131,6 +131,7 @@ impl Registrar {
             address: self.config.listen.to_string(),
             arch: self.config.arch().as_str().to_string(),
             version: crate::VERSION.to_string(),
+            binary_sha256: crate::binary_sha256().to_string(),
             rpcs: mcp_proto::AGENT_RPCS
                 .iter()
                 .map(|s| s.to_string())

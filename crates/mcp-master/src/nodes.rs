@@ -184,6 +184,7 @@ impl Nodes for NodeService {
             address: r.address.clone(),
             arch,
             version: r.version,
+            binary_sha256: r.binary_sha256,
             rpcs: r.rpcs,
             pools: r.pools,
             resources: r.resources.unwrap_or_default(),

@@ -22,6 +22,8 @@ pub struct NodeEntry {
     pub address: String,
     pub arch: Arch,
     pub version: String,
+    /// SHA-256 of the agent's executable, as it reported (SPEC §9).
+    pub binary_sha256: String,
     pub rpcs: Vec<String>,
     pub pools: Vec<String>,
     pub resources: wire::NodeResources,
@@ -116,6 +118,7 @@ impl NodeEntry {
             rpcs: self.rpcs.clone(),
             containers: self.containers,
             public_address: self.public_address.clone(),
+            binary_sha256: self.binary_sha256.clone(),
         }
     }
 }
@@ -555,6 +558,7 @@ mod tests {
             address: "127.0.0.1:1".to_string(),
             arch: Arch::Amd64,
             version: "0".to_string(),
+            binary_sha256: String::new(),
             rpcs: Vec::new(),
             pools: Vec::new(),
             resources: wire::NodeResources::default(),

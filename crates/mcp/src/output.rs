@@ -224,6 +224,7 @@ pub fn node_json(n: &wire::Node) -> Value {
         "disk": {"total": r.disk_total, "free": r.disk_free},
         "containers": n.containers,
         "rpcs": n.rpcs,
+        "binary_sha256": n.binary_sha256,
     })
 }
 
@@ -248,6 +249,7 @@ pub fn nodes_table(nodes: &[wire::Node]) -> String {
                 format!("{} free of {}", gib(r.memory_free), gib(r.memory_total)),
                 format!("{} free of {}", gib(r.disk_free), gib(r.disk_total)),
                 n.pools.join(","),
+                short_sha(&n.binary_sha256),
             ]
         })
         .collect();
@@ -264,9 +266,19 @@ pub fn nodes_table(nodes: &[wire::Node]) -> String {
             "MEMORY",
             "DISK",
             "POOLS",
+            "BINARY",
         ],
         &rows,
     )
+}
+
+/// The first 12 hex digits of a SHA-256, as tables show it (`-` when unknown).
+pub fn short_sha(sha: &str) -> String {
+    match sha.get(..12) {
+        Some(short) => short.to_string(),
+        None if sha.is_empty() => "-".to_string(),
+        None => sha.to_string(),
+    }
 }
 
 /// One service in detail, with drift.
@@ -368,6 +380,14 @@ mod tests {
         assert_eq!(rfc3339(1714558272), "2024-05-01T10:11:12Z");
         assert_eq!(ago(5), "5s");
         assert_eq!(ago(600), "10m");
+    }
+
+    #[test]
+    fn short_sha_is_twelve_hex_digits() {
+        let sha = "ab".repeat(32);
+        assert_eq!(short_sha(&sha), "abababababab");
+        assert_eq!(short_sha(""), "-");
+        assert_eq!(short_sha("abc"), "abc");
     }
 
     #[test]
