@@ -31,7 +31,8 @@ enum Command {
     Supervise { dir: PathBuf },
 }
 
-fn main() -> ExitCode {
+/// `pub`: the `mcp-agent-without-rpc` test binary runs this same `main`.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -132,10 +132,7 @@ impl Registrar {
             arch: self.config.arch().as_str().to_string(),
             version: crate::VERSION.to_string(),
             binary_sha256: crate::binary_sha256().to_string(),
-            rpcs: mcp_proto::AGENT_RPCS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            rpcs: reported_rpcs(),
             pools: self.config.pools.clone(),
             resources: Some(self.cpu.resources(&self.config.data_dir)),
             state_digest: state_digest(&services, &edge_routes),
@@ -275,4 +272,22 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// The RPCs this agent reports at registration (SPEC §9): every one it serves. Built
+/// with the `test-without-rpc` feature (the `mcp-agent-without-rpc` test binary
+/// only), it leaves out those named in `MCP_AGENT_DROP_RPCS` (comma-separated), as
+/// an older agent would, while still answering them: a test then proves the master
+/// refuses before it sends.
+fn reported_rpcs() -> Vec<String> {
+    #[cfg(feature = "test-without-rpc")]
+    let dropped = std::env::var("MCP_AGENT_DROP_RPCS").unwrap_or_default();
+    #[cfg(not(feature = "test-without-rpc"))]
+    let dropped = String::new();
+    let dropped: Vec<&str> = dropped.split(',').map(str::trim).collect();
+    mcp_proto::AGENT_RPCS
+        .iter()
+        .filter(|rpc| !dropped.contains(rpc))
+        .map(|rpc| rpc.to_string())
+        .collect()
 }

@@ -27,13 +27,7 @@ impl Drop for Cleanup {
 }
 
 fn definition(dir: &Path, service: &str, binary: &Path, extra: &str) -> String {
-    let text = format!(
-        "name = \"{service}\"\n{extra}\n[[components]]\nname = \"web\"\ndriver = \"exec\"\ncommand = [\"{}\"]\n\n[[components.routes]]\nname = \"http\"\nport = 8080\nbackend_tls = false\n",
-        binary.display()
-    );
-    let path = dir.join(format!("{service}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    exec_definition(dir, &format!("{service}.toml"), service, binary, extra, "")
 }
 
 /// The nodes of every copy of `service` the master knows, from `mcp status`, sorted.
@@ -49,17 +43,6 @@ fn copies(fleet: &Fleet, service: &str) -> Vec<String> {
         .collect();
     nodes.sort();
     nodes
-}
-
-fn events(fleet: &Fleet) -> Vec<String> {
-    let status = fleet.mcp_json(&["status"]).unwrap();
-    status["events"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|e| format!("{} {}", e["node"], e["message"]))
-        .collect()
 }
 
 #[test]
@@ -86,7 +69,7 @@ fn lifecycle_never_probes_and_a_move_from_a_frozen_node_converges() {
     mcp_ok(&fleet, &["restart", "ctl-move"]);
     mcp_ok(&fleet, &["deploy", &on_orion]);
     std::thread::sleep(Duration::from_millis(600));
-    let seen = events(&fleet);
+    let seen = events_of(&fleet);
     assert!(
         !seen.iter().any(|e| e.contains("probing")),
         "a healthy node was probed: {seen:#?}"
@@ -114,7 +97,7 @@ fn lifecycle_never_probes_and_a_move_from_a_frozen_node_converges() {
         "copies {:?}, processes {:?}; events {:#?}",
         copies(&fleet, "ctl-move"),
         processes_of("ctl-move", &binary),
-        events(&fleet)
+        events_of(&fleet)
     );
     let address = address_of(&fleet, "ctl-move");
     assert!(address.starts_with("127.0.0.81:"), "{address}");
@@ -164,7 +147,7 @@ fn a_deploy_right_after_a_master_restart_never_duplicates() {
             "round {round}: copies {:?}, processes {:?}; events {:#?}",
             copies(&fleet, "ctl-dup"),
             processes_of("ctl-dup", &binary),
-            events(&fleet)
+            events_of(&fleet)
         );
     }
     mcp_ok(&fleet, &["remove", "ctl-dup"]);

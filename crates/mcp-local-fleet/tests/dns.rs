@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,16 +25,6 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         purge_exec(SERVICE, &self.binary);
     }
-}
-
-fn definition(dir: &Path, binary: &Path, node: &str) -> String {
-    let text = format!(
-        "name = \"{SERVICE}\"\nnode = \"{node}\"\n\n[[components]]\nname = \"web\"\ndriver = \"exec\"\ncommand = [\"{}\"]\n\n[[components.routes]]\nname = \"http\"\nport = 8080\nbackend_tls = false\n",
-        binary.display()
-    );
-    let path = dir.join(format!("{SERVICE}-{node}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
 }
 
 /// `dig @SERVER -p 5353 ARGS` (one try, one second), its stdout; None without dig.
@@ -103,7 +93,10 @@ fn dig_follows_deploy_move_remove_and_a_master_restart() {
     let dir = tmp.path();
 
     // Deployed on rift: A → 127.0.0.121, SRV → the published port, over UDP and TCP.
-    mcp_ok(&fleet, &["deploy", &definition(dir, &binary, "rift")]);
+    mcp_ok(
+        &fleet,
+        &["deploy", &exec_on(dir, SERVICE, &binary, "rift", "")],
+    );
     let a = settle(&vec!["127.0.0.121".to_string()], || {
         short(master, NAME, "A", &[])
     });
@@ -126,7 +119,10 @@ fn dig_follows_deploy_move_remove_and_a_master_restart() {
     assert_eq!(soa.len(), 1, "{soa:?}");
 
     // Moved to orion: the A follows, the SRV names the new port.
-    mcp_ok(&fleet, &["deploy", &definition(dir, &binary, "orion")]);
+    mcp_ok(
+        &fleet,
+        &["deploy", &exec_on(dir, SERVICE, &binary, "orion", "")],
+    );
     let a = settle(&vec!["127.0.0.122".to_string()], || {
         short(master, NAME, "A", &[])
     });

@@ -12,7 +12,7 @@ mod support;
 #[path = "../../mcp-master/tests/rfc2136_named/mod.rs"]
 mod rfc2136_named;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rfc2136_named::{Named, ZONE};
@@ -30,16 +30,6 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         purge_exec(SERVICE, &self.binary);
     }
-}
-
-fn definition(dir: &Path, binary: &Path, node: &str) -> String {
-    let text = format!(
-        "name = \"{SERVICE}\"\nnode = \"{node}\"\n\n[[components]]\nname = \"web\"\ndriver = \"exec\"\ncommand = [\"{}\"]\n\n[[components.routes]]\nname = \"http\"\nport = 8080\nbackend_tls = false\n",
-        binary.display()
-    );
-    let path = dir.join(format!("{SERVICE}-{node}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
 }
 
 /// Waits until `check` gives `want` (15 s at most); the last value otherwise.
@@ -90,7 +80,10 @@ fn bind_follows_deploy_move_remove_and_a_master_restart() {
     let dir = tmp.path();
 
     // Deployed on rift: A, SRV to the published port, and MCP's TXT.
-    mcp_ok(&fleet, &["deploy", &definition(dir, &binary, "rift")]);
+    mcp_ok(
+        &fleet,
+        &["deploy", &exec_on(dir, SERVICE, &binary, "rift", "")],
+    );
     let a = settle(&vec!["127.0.0.141".to_string()], || named.dig(&name, "A"));
     assert_eq!(a, ["127.0.0.141"], "{}", fleet.log("master"));
     let want_srv = vec![format!("0 0 {} {name}.", port_of(&fleet))];
@@ -98,7 +91,10 @@ fn bind_follows_deploy_move_remove_and_a_master_restart() {
     assert_eq!(named.dig(&name, "TXT"), ["\"heritage=mcp\""]);
 
     // Moved to orion: the A follows, the SRV names the new port.
-    mcp_ok(&fleet, &["deploy", &definition(dir, &binary, "orion")]);
+    mcp_ok(
+        &fleet,
+        &["deploy", &exec_on(dir, SERVICE, &binary, "orion", "")],
+    );
     let a = settle(&vec!["127.0.0.142".to_string()], || named.dig(&name, "A"));
     assert_eq!(a, ["127.0.0.142"], "{}", fleet.log("master"));
     let want_srv = vec![format!("0 0 {} {name}.", port_of(&fleet))];

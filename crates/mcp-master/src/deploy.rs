@@ -120,7 +120,8 @@ impl MasterService {
         let node = registry
             .node(&target)
             .ok_or_else(|| Status::failed_precondition(format!("node {target} vanished")))?;
-        self.require(&node, "Deploy")?;
+        // Before anything is recorded: an agent lacking Deploy is refused here.
+        let mut client = self.client(&node.name, "Deploy")?;
         let reason = match &current {
             Some(c) if c != &target => format!("{}; moves from {c}", placement.reason),
             _ => placement.reason,
@@ -139,7 +140,6 @@ impl MasterService {
                 event: Some(wire::deploy_event::Event::Placed(wire::Placed { reason })),
             }))
             .await;
-        let mut client = self.client(&node.name)?;
         let mut stream = client
             .deploy(agent::DeployRequest {
                 service: Some(agent::ServiceSpec::from(&def)),

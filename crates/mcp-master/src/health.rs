@@ -23,7 +23,9 @@ pub async fn probe(state: Arc<MasterState>, node: String, why: &str) {
         return;
     };
     let timeout = state.config.probe_timeout;
-    let outcome = match state.registry.client(&node, &state.transport) {
+    // An agent that lacks Probe cannot be asked: the probe fails with the SPEC §9
+    // message, so heartbeats alone decide its health.
+    let outcome = match state.registry.client(&node, "Probe", &state.transport) {
         Ok(mut client) => {
             match tokio::time::timeout(timeout, client.probe(ProbeRequest { register: false }))
                 .await

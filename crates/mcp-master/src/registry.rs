@@ -247,17 +247,28 @@ impl Registry {
             .collect()
     }
 
-    /// A client for the node's agent, created on first use.
+    /// A client for the node's agent to call `rpc` with, created on first use; the
+    /// SPEC §9 refusal instead when the agent did not report `rpc` (capability
+    /// negotiation: every RPC the master sends a registered agent comes through here,
+    /// so an old agent is never sent one it lacks).
     pub fn client(
         &self,
         name: &str,
+        rpc: &str,
         transport: &ClientTransport,
     ) -> Result<AgentClient<Channel>, String> {
+        debug_assert!(
+            mcp_proto::AGENT_RPCS.contains(&rpc),
+            "{rpc} is not an agent RPC"
+        );
         let address = {
             let nodes = self.read();
             let entry = nodes
                 .get(name)
                 .ok_or_else(|| format!("node {name} is not registered"))?;
+            if let Some(refusal) = entry.lacks(rpc) {
+                return Err(refusal);
+            }
             if let Some(client) = &entry.client {
                 return Ok(client.clone());
             }
@@ -705,5 +716,36 @@ mod tests {
             "an old stream ending is not news"
         );
         assert!(registry.end_session("orion", new));
+    }
+
+    /// Capability negotiation (SPEC §9): no client, hence no call, for an RPC the
+    /// agent did not report; the refusal names the node, its version and the RPC.
+    #[tokio::test]
+    async fn no_client_for_an_rpc_the_agent_lacks() {
+        let registry = Registry::default();
+        let mut old = entry("hyperborea", "a");
+        old.version = "0.3.0".to_string();
+        old.rpcs = ["Deploy", "Stop"].map(String::from).to_vec();
+        registry.write().insert("hyperborea".into(), old);
+        let transport = ClientTransport {
+            connect_timeout: None,
+            request_timeout: None,
+            tls: None,
+        };
+        assert!(registry.client("hyperborea", "Stop", &transport).is_ok());
+        assert_eq!(
+            registry
+                .client("hyperborea", "SetupEdgeRoute", &transport)
+                .err()
+                .as_deref(),
+            Some(
+                "node hyperborea runs mcp-agent 0.3.0, which lacks SetupEdgeRoute; \
+                 run `mcp agent upgrade hyperborea`"
+            )
+        );
+        assert!(
+            registry.client("orion", "Stop", &transport).is_err(),
+            "not registered"
+        );
     }
 }

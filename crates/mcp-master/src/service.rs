@@ -96,23 +96,17 @@ impl MasterService {
             .ok_or_else(|| Status::not_found(format!("node {name} is not registered")))
     }
 
-    /// A client for a node's agent.
-    pub(crate) fn client(&self, node: &str) -> Result<AgentClient<Channel>, Status> {
+    /// A client for a node's agent to call `rpc` with, or FailedPrecondition: the node
+    /// is gone, or its agent lacks `rpc` (the SPEC §9 message).
+    pub(crate) fn client(&self, node: &str, rpc: &str) -> Result<AgentClient<Channel>, Status> {
         self.state
             .registry
-            .client(node, &self.state.transport)
+            .client(node, rpc, &self.state.transport)
             .map_err(Status::failed_precondition)
     }
 
-    pub(crate) fn require(&self, node: &NodeEntry, rpc: &str) -> Result<(), Status> {
-        match node.lacks(rpc) {
-            None => Ok(()),
-            Some(message) => Err(Status::failed_precondition(message)),
-        }
-    }
-
-    /// Asks every worker for its services, concurrently; a node that does not answer
-    /// keeps what it last reported.
+    /// Asks every worker for its services, concurrently; a node that does not answer,
+    /// or whose agent lacks ListServices, keeps what it last reported.
     async fn refresh(&self) {
         let nodes = self.state.registry.nodes();
         let calls = nodes
@@ -121,7 +115,7 @@ impl MasterService {
                 n.role == mcp_types::Role::Worker && n.state != mcp_types::Health::Unhealthy
             })
             .map(|n| async move {
-                let Ok(mut client) = self.client(&n.name) else {
+                let Ok(mut client) = self.client(&n.name, "ListServices") else {
                     return (n.name, None);
                 };
                 let reply = tokio::time::timeout(
@@ -148,8 +142,7 @@ impl MasterService {
         check_service_name(&service)?;
         self.settle(None).await;
         let node = self.node_for(&service)?;
-        self.require(&node, rpc)?;
-        let mut client = self.client(&node.name)?;
+        let mut client = self.client(&node.name, rpc)?;
         let request = agent::ServiceRequest {
             service: service.clone(),
             generation: None,
@@ -345,8 +338,7 @@ impl Master for MasterService {
         check_service_name(&service)?;
         self.settle(None).await;
         let node = self.node_for(&service)?;
-        self.require(&node, "Remove")?;
-        let mut client = self.client(&node.name)?;
+        let mut client = self.client(&node.name, "Remove")?;
         client
             .remove(agent::ServiceRequest {
                 service: service.clone(),
@@ -440,8 +432,7 @@ impl Master for MasterService {
         let r = request.into_inner();
         check_service_name(&r.service)?;
         let node = self.node_for(&r.service)?;
-        self.require(&node, "Logs")?;
-        let mut client = self.client(&node.name)?;
+        let mut client = self.client(&node.name, "Logs")?;
         let name = node.name.clone();
         let stream = client
             .logs(agent::LogsRequest {

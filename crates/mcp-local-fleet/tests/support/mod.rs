@@ -528,3 +528,54 @@ impl Drop for Load {
         }
     }
 }
+
+/// Writes `DIR/<file>` and returns its path: `service` with one exec component `web`
+/// running `binary`, whose route `http` is plain HTTP on 8080; `top` follows the
+/// name (e.g. `node = "orion"`), `route` the route's keys (e.g. `public = true`).
+pub fn exec_definition(
+    dir: &Path,
+    file: &str,
+    service: &str,
+    binary: &Path,
+    top: &str,
+    route: &str,
+) -> String {
+    let text = format!(
+        "name = \"{service}\"\n{top}\n\n[[components]]\nname = \"web\"\ndriver = \"exec\"\ncommand = [\"{}\"]\n\n[[components.routes]]\nname = \"http\"\nport = 8080\nbackend_tls = false\n{route}",
+        binary.display()
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// [`exec_definition`] placed on `node`, in `DIR/<service>-<node>.toml`.
+pub fn exec_on(dir: &Path, service: &str, binary: &Path, node: &str, route: &str) -> String {
+    let file = format!("{service}-{node}.toml");
+    exec_definition(
+        dir,
+        &file,
+        service,
+        binary,
+        &format!("node = \"{node}\""),
+        route,
+    )
+}
+
+/// The master's events from `mcp status --json`, each as `node: message`.
+pub fn events_of(fleet: &Fleet) -> Vec<String> {
+    let status = fleet.mcp_json(&["status"]).unwrap();
+    status["events"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["node"].as_str().unwrap_or_default(),
+                e["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}

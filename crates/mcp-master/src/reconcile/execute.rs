@@ -107,8 +107,10 @@ async fn execute(state: &MasterState, action: &Action) -> Result<(), String> {
             service,
         } => {
             let what = format!("remove the route of {hostname} ({service}) from {edge}");
-            let mut client =
-                edge_client(state, edge, "RemoveEdgeRoute").map_err(|e| format!("{what}: {e}"))?;
+            let mut client = state
+                .registry
+                .client(edge, "RemoveEdgeRoute", &state.transport)
+                .map_err(|e| format!("{what}: {e}"))?;
             let call = client.remove_edge_route(agent::RemoveEdgeRouteRequest {
                 hostname: hostname.clone(),
             });
@@ -137,7 +139,7 @@ async fn execute(state: &MasterState, action: &Action) -> Result<(), String> {
             let what = format!("remove {service} (generation {generation}) from {node}");
             let mut client = state
                 .registry
-                .client(node, &state.transport)
+                .client(node, "Remove", &state.transport)
                 .map_err(|e| format!("{what}: {e}"))?;
             let call = client.remove(agent::ServiceRequest {
                 service: service.clone(),
@@ -163,22 +165,6 @@ async fn execute(state: &MasterState, action: &Action) -> Result<(), String> {
     }
 }
 
-/// A client for an edge's agent, or the SPEC §9 refusal when it lacks `rpc`.
-fn edge_client(
-    state: &MasterState,
-    edge: &str,
-    rpc: &str,
-) -> Result<agent::agent_client::AgentClient<mcp_proto::tonic::transport::Channel>, String> {
-    let node = state
-        .registry
-        .node(edge)
-        .ok_or_else(|| format!("node {edge} is not registered"))?;
-    if let Some(message) = node.lacks(rpc) {
-        return Err(message);
-    }
-    state.registry.client(edge, &state.transport)
-}
-
 /// Sets up one route on an edge, with a fresh public certificate when the plan says
 /// so (the hostname only: nothing internal is ever on it), and records it.
 async fn setup_route(
@@ -191,8 +177,10 @@ async fn setup_route(
         "route {} -> {} ({}) on {edge}",
         route.hostname, route.backend, route.service
     );
-    let mut client =
-        edge_client(state, edge, "SetupEdgeRoute").map_err(|e| format!("{what}: {e}"))?;
+    let mut client = state
+        .registry
+        .client(edge, "SetupEdgeRoute", &state.transport)
+        .map_err(|e| format!("{what}: {e}"))?;
     let mut wire = agent::EdgeRoute {
         hostname: route.hostname.clone(),
         service: route.service.clone(),
