@@ -638,7 +638,12 @@ mod tests {
         bad(&|r| r.key_pem.clear(), "both or neither");
         let again = decode(&encode(&route("l7"))).expect("decode");
         assert_eq!(again, route("l7"));
-        assert!(decode("{\"v\":2}").is_err());
+        let newer = format!("{:#}", decode("{\"v\":2}").expect_err("a newer format"));
+        assert!(newer.contains("run a newer mcp-agent"), "{newer}");
+        // As stored before `proxy_protocol` and `unavailable` were keys: both false.
+        let older = r#"{"v":1,"hostname":"a.example.net","service":"a","component":"w","route":"r","backend":"127.0.0.1:1","mode":"l4","backend_tls":false,"backend_name":"","cert_pem":"","key_pem":""}"#;
+        let older = decode(older).expect("decode");
+        assert!(!older.proxy_protocol && !older.unavailable && older.mode == "l4");
         let a = to_admin(&route("l7"), "CA");
         assert_eq!(a.backend_ca_pem, "CA");
         let a = to_admin(&route("l4"), "CA");

@@ -476,6 +476,10 @@ mod tests {
         assert_eq!(user_version(&path), SCHEMA_VERSION);
         // Opening an up-to-date database migrates nothing and loses nothing.
         let store = Store::open(&path).unwrap();
+        assert!(
+            store.edge_routes().unwrap().is_empty(),
+            "1 -> 2 made the edge routes' table"
+        );
         let got = store.get("hello").unwrap().unwrap();
         assert_eq!(got.generation, 3);
         let conn = store.conn();
