@@ -65,6 +65,8 @@ impl NodeEntry {
                     generation: s.generation,
                     desired: s.desired != "absent",
                     running: s.desired == "running",
+                    ready: !s.components.is_empty()
+                        && s.components.iter().all(|c| c.observed == "running"),
                     routes: public_routes(s),
                     ports: s
                         .components

@@ -38,6 +38,8 @@ pub struct Copy {
     pub desired: bool,
     /// The operator wants it running (false: stopped, or no desired state).
     pub running: bool,
+    /// Every component is observed running (a new copy may still be starting).
+    pub ready: bool,
     /// Its public routes, each with the backend it publishes (`backend_name` and
     /// `unavailable` are the planner's to fill).
     pub routes: Vec<PublicRoute>,

@@ -123,6 +123,7 @@ mod tests {
             generation,
             desired: true,
             running,
+            ready: running,
             routes: vec![],
             ports: ports.iter().map(|(r, p)| (r.to_string(), *p)).collect(),
         }

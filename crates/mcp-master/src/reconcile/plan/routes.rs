@@ -4,9 +4,9 @@
 //!
 //! - A route appears for the newest copy of each service with desired state; a
 //!   stopped service keeps its route, marked unavailable (the edge answers 503).
-//! - A route moves to a new copy's backend before the old copy goes: the old copy of
-//!   a moved service is held (see [`still_routed`]) while an edge still sends its
-//!   traffic there.
+//! - A route moves to a new copy's backend once that copy runs (all its components
+//!   observed running) and before the old copy goes: the old copy of a moved service
+//!   is held (see [`still_routed`]) while an edge still sends its traffic there.
 //! - A route is taken off an edge only when the master knows it is stale: its service
 //!   was removed, or is known without that route, or its backend's node answers and
 //!   does not run it. A route whose service nobody reports and whose node is away
@@ -86,9 +86,29 @@ pub fn desired(world: &World) -> BTreeMap<String, PublicRoute> {
         if removed || !top.desired {
             continue;
         }
-        for r in &top.routes {
+        // A new copy still starting (a move, an update) does not take the traffic
+        // from an older copy that serves: the route switches once it runs.
+        let source = if top.ready || !top.running {
+            top
+        } else {
+            world
+                .nodes
+                .iter()
+                .flat_map(|n| &n.copies)
+                .filter(|c| c.service == service && c.desired && c.running && c.ready)
+                .filter(|c| {
+                    !world
+                        .removed
+                        .get(service)
+                        .is_some_and(|at| c.generation <= *at)
+                })
+                .filter(|c| !c.routes.is_empty())
+                .max_by_key(|c| c.generation)
+                .unwrap_or(top)
+        };
+        for r in &source.routes {
             let mut route = r.clone();
-            route.unavailable = !top.running;
+            route.unavailable = !source.running;
             route.backend_name = if route.mode == "l7" && route.backend_tls {
                 format!("{}.{}", route.service, world.zone)
             } else {
@@ -253,6 +273,7 @@ mod tests {
             generation,
             desired: true,
             running,
+            ready: running,
             routes,
             ports: vec![],
         }
@@ -352,6 +373,10 @@ mod tests {
             vec![setup(&new, CertPlan::Keep)],
             "the old copy is held while the edge routes to it"
         );
+        // Still starting on rift: the route stays on orion.
+        w.nodes[1].copies[0].ready = false;
+        assert_eq!(super::super::plan(&w), vec![]);
+        w.nodes[1].copies[0].ready = true;
         w.nodes[2] = edge(vec![observed(wanted(&new), 100, 9_000)]);
         assert_eq!(
             super::super::plan(&w),

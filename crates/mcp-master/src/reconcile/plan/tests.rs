@@ -14,6 +14,7 @@ fn node(name: &str, answers: bool, copies: &[(&str, u64, bool)]) -> NodeFacts {
                 generation: *g,
                 desired: *d,
                 running: *d,
+                ready: *d,
                 routes: vec![],
                 ports: vec![],
             })
@@ -207,6 +208,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
                                 generation: g,
                                 desired: d,
                                 running: d,
+                                ready: d,
                                 routes: vec![],
                                 ports: vec![],
                             })
