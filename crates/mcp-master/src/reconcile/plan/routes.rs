@@ -97,10 +97,10 @@ pub fn desired(world: &World) -> BTreeMap<String, PublicRoute> {
                 .flat_map(|n| &n.copies)
                 .filter(|c| c.service == service && c.desired && c.running && c.ready)
                 .filter(|c| {
-                    !world
+                    world
                         .removed
                         .get(service)
-                        .is_some_and(|at| c.generation <= *at)
+                        .is_none_or(|at| c.generation > *at)
                 })
                 .filter(|c| !c.routes.is_empty())
                 .max_by_key(|c| c.generation)
