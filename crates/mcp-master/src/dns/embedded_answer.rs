@@ -209,7 +209,11 @@ pub fn answer(query: &[u8], zone: &ZoneView, transport: Transport) -> Option<Vec
     };
     let mut resp = Message::response(id, request.op_code);
     resp.metadata.recursion_desired = request.recursion_desired;
-    resp.add_queries(request.queries.iter().cloned());
+    // The question is echoed only when there is exactly one (else FORMERR below,
+    // which must not grow with the number of questions).
+    if request.queries.len() == 1 {
+        resp.add_queries(request.queries.iter().cloned());
+    }
     let limit = match transport {
         Transport::Tcp => None,
         Transport::Udp => Some(request.edns.as_ref().map_or(MIN_UDP_PAYLOAD, |e| {
@@ -354,6 +358,11 @@ fn encode(resp: &mut Message, limit: Option<u16>) -> Option<Vec<u8>> {
     resp.authorities.clear();
     resp.metadata.truncation = true;
     resp.metadata.message_type = MessageType::Response;
+    if let Some(bytes) = resp.to_vec().ok().filter(|b| b.len() <= limit) {
+        return Some(bytes);
+    }
+    // Not even the question fits: the header (and OPT) alone always do.
+    resp.queries.clear();
     resp.to_vec().ok().filter(|b| b.len() <= limit)
 }
 
@@ -415,6 +424,25 @@ mod tests {
         let m =
             Message::from_vec(&answer(&ch.to_vec().unwrap(), &v, Transport::Udp).unwrap()).unwrap();
         assert_eq!(m.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn many_questions_get_a_formerr_that_fits() {
+        // Found by the fuzzer: 43 questions, echoed, overflowed 512 bytes even
+        // truncated, and the query went unanswered.
+        let mut m = Message::query();
+        for i in 0..43 {
+            m.add_query(Query::query(
+                Name::from_ascii(format!("name-{i}-with-some-length.svc.mcp.example.net."))
+                    .unwrap(),
+                RecordType::A,
+            ));
+        }
+        let out = answer(&m.to_vec().unwrap(), &view(), Transport::Udp).unwrap();
+        assert!(out.len() <= 512);
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.response_code, ResponseCode::FormErr);
+        assert!(reply.queries.is_empty());
     }
 
     #[test]
