@@ -38,32 +38,13 @@ pub const TARGET: &str = env!("MCP_AGENT_TARGET");
 /// logged) when it cannot be read.
 pub fn binary_sha256() -> &'static str {
     static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(
-        || match sha256_file(std::path::Path::new("/proc/self/exe")) {
-            Ok(hex) => hex,
-            Err(e) => {
-                tracing::warn!("hash /proc/self/exe: {e}");
-                String::new()
-            }
-        },
-    )
-}
-
-/// SHA-256 (lowercase hex) of a file's contents, read in 64 KiB blocks.
-pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    SHA.get_or_init(|| {
+        let exe = std::path::Path::new("/proc/self/exe");
+        mcp_pki::digest::sha256_file(exe).unwrap_or_else(|e| {
+            tracing::warn!("hash /proc/self/exe: {e}");
+            String::new()
+        })
+    })
 }
 
 /// The runtimes a node drives: a container runtime (Docker or Podman) where it has

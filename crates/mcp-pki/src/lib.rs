@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod digest;
 pub mod error;
 pub mod introspect;
 pub mod join;

@@ -87,6 +87,9 @@ enum Command {
     /// Edge routes: hostname, service, edge, backend, certificate.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// The nodes' agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// A whole local fleet on this machine, until interrupted.
     Dev {
         /// Where configs, data, logs and pid files go.
@@ -108,6 +111,29 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Rolling upgrade over ssh, one node at a time (every registered node when none
+    /// is named): copy, check the SHA-256 on the node, keep `<agent_path>.prev`,
+    /// restart, wait for the new binary to register; roll back and stop otherwise.
+    Upgrade {
+        /// In rollout order.
+        nodes: Vec<String>,
+        /// The agent binary for every node [default: built with cargo per arch].
+        #[arg(long, conflicts_with_all = ["binary_amd64", "binary_arm64"])]
+        binary: Option<PathBuf>,
+        /// The binary for amd64 nodes.
+        #[arg(long)]
+        binary_amd64: Option<PathBuf>,
+        /// The binary for arm64 nodes.
+        #[arg(long)]
+        binary_arm64: Option<PathBuf>,
+        /// How long a restarted agent has to register with the new binary.
+        #[arg(long, default_value = "60s", value_parser = mcp_types::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 
@@ -216,6 +242,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Node(NodeCommand::List) => cmd::node::list(&ctx).await,
             Command::Node(NodeCommand::Show { node }) => cmd::node::show(&ctx, &node).await,
             Command::Route(RouteCommand::List) => cmd::route::list(&ctx).await,
+            Command::Agent(AgentCommand::Upgrade {
+                nodes,
+                binary,
+                binary_amd64,
+                binary_arm64,
+                wait,
+            }) => {
+                let options = cmd::agent::UpgradeOptions {
+                    nodes,
+                    binary,
+                    binary_amd64,
+                    binary_arm64,
+                    wait,
+                };
+                cmd::agent::upgrade(&ctx, options).await
+            }
             Command::Dev {
                 dir,
                 runtime,

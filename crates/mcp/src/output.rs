@@ -272,6 +272,54 @@ pub fn nodes_table(nodes: &[wire::Node]) -> String {
     )
 }
 
+/// One node's line of `mcp agent upgrade` (SPEC §9).
+#[derive(Debug, Clone)]
+pub struct UpgradeReport {
+    pub node: String,
+    /// The binary_sha256 the node ran before (empty when unknown).
+    pub from: String,
+    /// The binary_sha256 it was to run.
+    pub to: String,
+    /// `upgraded`, `unchanged`, `rolled back` or `not tried`.
+    pub result: &'static str,
+    /// Why, for `rolled back` and `not tried`; empty otherwise.
+    pub reason: String,
+}
+
+/// `mcp agent upgrade --json`: `[{"node", "from", "to", "result", "reason"}]`.
+pub fn upgrade_json(reports: &[UpgradeReport]) -> Value {
+    Value::Array(
+        reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "node": r.node,
+                    "from": r.from,
+                    "to": r.to,
+                    "result": r.result,
+                    "reason": r.reason,
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn upgrade_table(reports: &[UpgradeReport]) -> String {
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.node.clone(),
+                short_sha(&r.from),
+                short_sha(&r.to),
+                r.result.to_string(),
+                r.reason.lines().next().unwrap_or_default().to_string(),
+            ]
+        })
+        .collect();
+    table(&["NODE", "FROM", "TO", "RESULT", "REASON"], &rows)
+}
+
 /// The first 12 hex digits of a SHA-256, as tables show it (`-` when unknown).
 pub fn short_sha(sha: &str) -> String {
     match sha.get(..12) {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod deploy;
 pub mod dev;
 pub mod lifecycle;
