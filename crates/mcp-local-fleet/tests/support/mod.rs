@@ -224,7 +224,18 @@ pub fn purge(services: &[&str]) {
 /// Ends exec-driver processes a crashed earlier run may have left for `service`:
 /// first their supervisors (so nothing restarts them), then the processes.
 pub fn purge_exec(service: &str, program: &Path) {
+    for pid in supervisors_of(service) {
+        mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+    }
+    for pid in processes_of(service, program) {
+        mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+    }
+}
+
+/// PIDs of the exec supervisors (`mcp-agent supervise DIR`) of `service`'s instances.
+pub fn supervisors_of(service: &str) -> Vec<u32> {
     let needle = format!("mcp.{service}.");
+    let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -234,12 +245,10 @@ pub fn purge_exec(service: &str, program: &Path) {
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(" supervise ") && cmdline.contains(&needle) {
-            mcp_local_fleet::send_signal(pid, libc::SIGKILL);
+            pids.push(pid);
         }
     }
-    for pid in processes_of(service, program) {
-        mcp_local_fleet::send_signal(pid, libc::SIGKILL);
-    }
+    pids
 }
 
 /// An `mcp dev` a test started. Dropped (a failed assertion included), it interrupts
