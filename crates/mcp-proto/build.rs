@@ -1,6 +1,10 @@
 //! Compiles proto/ with protox (no system protoc) into tonic client and server code.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    // Read when the script runs, not baked in when it is compiled: a build script
+    // compiled in another checkout sharing the target dir must not read that
+    // checkout's protos.
+    let root = format!("{}/../../proto", std::env::var("CARGO_MANIFEST_DIR")?);
+    let root = root.as_str();
     let files = [
         "mcp/agent/v1/agent.proto",
         "mcp/master/v1/master.proto",

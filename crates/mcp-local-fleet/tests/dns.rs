@@ -117,6 +117,22 @@ fn dig_follows_deploy_move_remove_and_a_master_restart() {
     assert_eq!(status(master, "example.org", "A"), "REFUSED");
     let soa = short(master, "svc.mcp.metacircular.net", "SOA", &[]);
     assert_eq!(soa.len(), 1, "{soa:?}");
+    // `mcp status SERVICE` shows the service's names as the zone holds them.
+    let shown = fleet.mcp_json(&["status", SERVICE]).unwrap();
+    let names: Vec<&str> = shown["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        names.contains(&format!("{NAME} A 127.0.0.121").as_str()),
+        "{shown}"
+    );
+    assert!(
+        names.contains(&format!("{SRV} SRV 0 0 {port} {NAME}").as_str()),
+        "{shown}"
+    );
 
     // Moved to orion: the A follows, the SRV names the new port.
     mcp_ok(

@@ -418,10 +418,28 @@ impl Master for MasterService {
                 message: e.message,
             })
             .collect();
+        let names = match &r.service {
+            None => Vec::new(),
+            Some(service) => {
+                let zone = self.state.config.internal_zone();
+                self.state
+                    .zone
+                    .borrow()
+                    .iter()
+                    .flat_map(|z| z.iter())
+                    .filter(|rec| {
+                        crate::reconcile::plan::dns::service_of(&rec.name, &zone)
+                            == Some(service.as_str())
+                    })
+                    .map(|rec| rec.to_string())
+                    .collect()
+            }
+        };
         Ok(Response::new(wire::StatusReply {
             nodes: nodes.iter().map(NodeEntry::to_wire).collect(),
             services,
             events,
+            names,
         }))
     }
 

@@ -19,6 +19,7 @@ pub async fn run(ctx: &Ctx, service: Option<String>) -> Result<(), CliError> {
             Some(_) => json!({
                 "services": reply.services.iter().map(output::service_json).collect::<Vec<_>>(),
                 "events": reply.events.iter().map(output::event_json).collect::<Vec<_>>(),
+                "names": reply.names,
             }),
             None => json!({
                 "nodes": reply.nodes.iter().map(output::node_json).collect::<Vec<_>>(),
@@ -84,6 +85,13 @@ pub async fn run(ctx: &Ctx, service: Option<String>) -> Result<(), CliError> {
             &rows
         )
     );
+    if !reply.names.is_empty() {
+        println!();
+        println!("internal names:");
+        for name in &reply.names {
+            println!("  {name}");
+        }
+    }
     if !reply.events.is_empty() {
         println!();
         println!("recent events:");

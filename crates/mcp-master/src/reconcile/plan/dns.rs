@@ -39,6 +39,18 @@ impl DnsRecord {
     }
 }
 
+impl std::fmt::Display for DnsRecord {
+    /// `NAME TYPE DATA`, as `mcp status SERVICE` shows it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.data {
+            RData::Addr(ip) => write!(f, "{} {} {ip}", self.name, self.kind()),
+            RData::Srv { port, target } => {
+                write!(f, "{} SRV 0 0 {port} {target}", self.name)
+            }
+        }
+    }
+}
+
 /// The records of the zone at one moment.
 pub type Zone = BTreeSet<DnsRecord>;
 
