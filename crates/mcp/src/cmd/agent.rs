@@ -545,7 +545,7 @@ async fn build(ctx: &Ctx, arch: Arch) -> Result<PathBuf, CliError> {
     })?;
     if !out.status.success() {
         return Err(CliError::failed(format!(
-            "cargo build of mcp-agent for {triple} failed ({}){}; see README \"Cross-building the agent\", or pass --binary-{arch}",
+            "cargo build of mcp-agent for {triple} failed ({}){}; see README \"Cross-building the agent for arm64\", or pass --binary-{arch}",
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), LOG_LINES)
                 .lines()
