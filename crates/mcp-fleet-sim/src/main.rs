@@ -35,6 +35,10 @@ struct Cli {
     /// CPU to pin the master to with taskset (none: no pinning).
     #[arg(long, global = true)]
     master_cpu: Option<u32>,
+    /// Give the master `[dns] backend = "embedded"` answering on this address
+    /// (UDP and TCP), for a DNS load beside the fleet (bench/fleet-sim.sh --dns-load).
+    #[arg(long, global = true)]
+    master_dns: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -104,7 +108,10 @@ impl Master {
                 "node = \"sim-00000\"\nlisten = \"{MASTER}\"\ndata_dir = \"{}\"\ndomain = \"sim.test\"\nheartbeat_interval = \"{interval}\"\nmissed_heartbeats = {missed}\nprobe_timeout = \"{probe}\"\n[placement]\nmin_free_memory = \"0B\"\nmin_free_disk = \"0B\"\nreserve_memory = \"0B\"\nreserve_disk = \"0B\"\n[users.sim]\npassword_hash = \"{}\"\nrole = \"admin\"\n",
                 dir.display(),
                 join_token.1
-            ),
+            ) + &MASTER_DNS
+                .get()
+                .map(|a| format!("[dns]\nbackend = \"embedded\"\nlisten = \"{a}\"\n"))
+                .unwrap_or_default(),
         )?;
         let mut command = match cpu {
             Some(cpu) => {
@@ -231,6 +238,9 @@ struct SimTls {
 
 /// The current master's TLS context (a benchmark binary: one master at a time).
 static TLS: Mutex<Option<Arc<SimTls>>> = Mutex::new(None);
+
+/// `--master-dns`: the embedded DNS server's address in every master started.
+static MASTER_DNS: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
 
 fn tls() -> anyhow::Result<Arc<SimTls>> {
     TLS.lock()
@@ -535,12 +545,30 @@ async fn heartbeats(cpu: Option<u32>, nodes: usize, rate: u64, seconds: u64) -> 
     register_all(0..nodes, &channels).await?;
     let stats = Arc::new(Stats::default());
     let (stop, handles) = start_loops(nodes, rate, &channels, &stats);
+    if let Some(dns) = MASTER_DNS.get() {
+        let dns = *dns;
+        let waited = Instant::now();
+        tokio::task::spawn_blocking(move || zone_published(dns)).await??;
+        eprintln!(
+            "heartbeats: the master's DNS answers the zone {:.1} s after the fleet registered",
+            waited.elapsed().as_secs_f64()
+        );
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu0 = cpu_seconds(master.pid());
     stats.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
+    if MASTER_DNS.get().is_some() {
+        eprintln!(
+            "heartbeats: measuring {seconds} s from unix ms {}",
+            unix_ms()
+        );
+    }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stats.measuring.store(false, Ordering::Relaxed);
+    if MASTER_DNS.get().is_some() {
+        eprintln!("heartbeats: measured until unix ms {}", unix_ms());
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu_used = cpu_seconds(master.pid()) - cpu0;
     let _ = stop.send(true);
@@ -564,6 +592,32 @@ async fn heartbeats(cpu: Option<u32>, nodes: usize, rate: u64, seconds: u64) -> 
         mib(rss(master.pid())),
     );
     Ok(())
+}
+
+/// Waits (at most 60 s) until the embedded DNS server on `addr` answers a query in
+/// the zone with something other than SERVFAIL: the zone is published once the
+/// master's start-up grace is over.
+fn zone_published(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut query = vec![0x5e, 0x11, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in "s00000.svc.mcp.sim.test".split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        socket.send_to(&query, addr)?;
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if n >= 12 && buf[..2] == query[..2] && buf[3] & 0x0f != 2 {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the master's DNS server on {addr} still answers SERVFAIL after 60 s")
 }
 
 async fn memory(cpu: Option<u32>, sizes: Vec<usize>) -> anyhow::Result<()> {
@@ -865,6 +919,9 @@ async fn agent_rss(cpu: Option<u32>) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(dns) = cli.master_dns {
+        let _ = MASTER_DNS.set(dns);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
