@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         listen: args.listen,
         origin: args.origin.clone(),
         ttl: Duration::from_secs(u64::from(args.ttl)),
+        serial_file: None,
     };
     let (addr, server) = serve(settings, zone_rx, stop_rx).await?;
     println!(

@@ -43,6 +43,10 @@ pub struct Settings {
     pub origin: String,
     /// Every record's TTL (and the negative answers').
     pub ttl: Duration,
+    /// Where the last SOA serial is kept, so a restarted master never serves an
+    /// older one (serials run ahead of the clock when the zone changes more than
+    /// once a second). None: kept in memory only.
+    pub serial_file: Option<std::path::PathBuf>,
 }
 
 /// Starts the backend; Err when it cannot (before the master serves anything).
@@ -58,6 +62,7 @@ pub async fn start(
         listen,
         origin: state.config.internal_zone(),
         ttl: dns.ttl,
+        serial_file: Some(state.config.data_dir.join("dns-serial")),
     };
     let (addr, handle) = serve(settings.clone(), state.zone.subscribe(), shutdown).await?;
     tracing::info!(
@@ -117,6 +122,12 @@ async fn follow(
     views: watch::Sender<Arc<ZoneView>>,
 ) {
     let mut last: Option<(Arc<Zone>, u32)> = None;
+    // The serial a previous master served last, if it left one.
+    let mut last_serial: Option<u32> = settings
+        .serial_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse().ok());
     loop {
         let current = zone.borrow_and_update().clone();
         if let Some(current) = current {
@@ -124,7 +135,7 @@ async fn follow(
                 .as_ref()
                 .is_some_and(|(z, _)| Arc::ptr_eq(z, &current) || **z == *current);
             if !unchanged {
-                let serial = answer::next_serial(last.as_ref().map(|(_, s)| *s), unix_now());
+                let serial = answer::next_serial(last_serial, unix_now());
                 let (origin, ttl, zone_arc) =
                     (settings.origin.clone(), settings.ttl, current.clone());
                 let built = tokio::task::spawn_blocking(move || {
@@ -136,6 +147,18 @@ async fn follow(
                         tracing::debug!(serial, records = view.len(), "[dns] zone updated");
                         views.send_replace(Arc::new(view));
                         last = Some((current, serial));
+                        last_serial = Some(serial);
+                        if let Some(file) = &settings.serial_file {
+                            // Best effort: without it a restart within the same
+                            // second may serve a serial one or two lower.
+                            if let Err(e) = mcp_pki::ca::write_file(
+                                file,
+                                format!("{serial}\n").as_bytes(),
+                                0o644,
+                            ) {
+                                tracing::warn!("[dns] keep the serial in {}: {e}", file.display());
+                            }
+                        }
                     }
                     Ok(Err(e)) => tracing::error!("[dns] zone not served: {e:#}"),
                     Err(e) => tracing::error!("[dns] zone not served: {e}"),
@@ -309,6 +332,7 @@ mod tests {
             listen: format!("{ip}:0").parse().unwrap(),
             origin: ORIGIN.into(),
             ttl: Duration::from_secs(ttl),
+            serial_file: None,
         };
         let (addr, _handle) = serve(settings, zone_rx, stop_rx).await.unwrap();
         (addr, zone_tx, stop_tx)
@@ -637,6 +661,7 @@ mod tests {
             listen: addr,
             origin: ORIGIN.into(),
             ttl: Duration::from_secs(30),
+            serial_file: None,
         };
         let err = serve(settings.clone(), zone_rx.clone(), stop_rx.clone())
             .await
