@@ -46,6 +46,9 @@ pub struct Edge {
     fleet_ca_pem: String,
     /// Wakes the resync loop after a change.
     changed: tokio::sync::Notify,
+    /// The stored routes as reported, kept between changes: every heartbeat asks
+    /// (for its digest), and the table changes only through `put` and `delete`.
+    reports: std::sync::Mutex<Option<Vec<EdgeRoute>>>,
     /// Public certificates from ACME, where `[acme]` is configured.
     acme: Option<Acme>,
 }
@@ -152,15 +155,9 @@ fn servable(r: &EdgeRoute) -> bool {
 /// A stored route as it is reported: the key and certificate left out, the
 /// certificate's validity in.
 fn report(mut r: EdgeRoute) -> EdgeRoute {
-    if let Ok((nb, na)) =
-        mcp_pki::cert::cert_from_pem(&r.cert_pem).and_then(|der| mcp_pki::cert::validity(&der))
-    {
-        let unix = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        };
-        r.cert_not_before = unix(nb);
-        r.cert_not_after = unix(na);
+    if let Ok((nb, na)) = mcp_pki::cert::validity_unix(&r.cert_pem) {
+        r.cert_not_before = nb;
+        r.cert_not_after = na;
     }
     r.cert_pem.clear();
     r.key_pem.clear();
@@ -239,6 +236,7 @@ impl Edge {
             socket,
             fleet_ca_pem,
             changed: tokio::sync::Notify::new(),
+            reports: std::sync::Mutex::default(),
             acme: None,
         }
     }
@@ -267,7 +265,19 @@ impl Edge {
     /// The stored routes as the master sees them: no key, no certificate, but
     /// the certificate's validity.
     pub fn reported(&self) -> anyhow::Result<Vec<EdgeRoute>> {
-        let mut routes: Vec<EdgeRoute> = self.routes()?.into_iter().map(report).collect();
+        let cached = self
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut routes = match cached {
+            Some(routes) => routes,
+            None => {
+                let routes: Vec<EdgeRoute> = self.routes()?.into_iter().map(report).collect();
+                *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(routes.clone());
+                routes
+            }
+        };
         if let Some(acme) = &self.acme {
             let failing = acme.failing.lock().unwrap_or_else(|e| e.into_inner());
             for r in &mut routes {
@@ -277,6 +287,20 @@ impl Edge {
             }
         }
         Ok(routes)
+    }
+
+    /// Stores a route (replacing its hostname's); whether it replaced one.
+    fn put(&self, route: &EdgeRoute) -> anyhow::Result<bool> {
+        let replaced = self.store.put_edge_route(&route.hostname, &encode(route));
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        replaced
+    }
+
+    /// Deletes a hostname's route; whether there was one.
+    fn delete(&self, hostname: &str) -> anyhow::Result<bool> {
+        let removed = self.store.remove_edge_route(hostname);
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        removed
     }
 
     /// Commits `route`, then programs mc-proxy. A proxy that cannot be reached
@@ -320,10 +344,7 @@ impl Edge {
                     })?;
             }
         }
-        let replaced = self
-            .store
-            .put_edge_route(&route.hostname, &encode(&route))
-            .map_err(EdgeError::Internal)?;
+        let replaced = self.put(&route).map_err(EdgeError::Internal)?;
         if !servable(&route) {
             // Waiting for its ACME certificate.
             if let Some(acme) = &self.acme {
@@ -351,7 +372,7 @@ impl Edge {
                 Ok(_) => {}
                 Err(s) if s.code() == mcp_proto::tonic::Code::InvalidArgument => {
                     // mc-proxy refused the material: take the route back out.
-                    let _ = self.store.remove_edge_route(&route.hostname);
+                    let _ = self.delete(&route.hostname);
                     return Err(EdgeError::Invalid(format!(
                         "route {}: mc-proxy refused it: {}",
                         route.hostname,
@@ -371,10 +392,7 @@ impl Edge {
 
     /// Removes the route of `hostname` from the database and from mc-proxy.
     pub async fn remove(&self, hostname: &str) -> Result<bool, EdgeError> {
-        let removed = self
-            .store
-            .remove_edge_route(hostname)
-            .map_err(EdgeError::Internal)?;
+        let removed = self.delete(hostname).map_err(EdgeError::Internal)?;
         if let Ok(mut c) = self.client().await {
             if let Err(s) = c
                 .remove_route(admin::RemoveRouteRequest {
@@ -536,7 +554,7 @@ impl Edge {
                     };
                     current.cert_pem = cert_pem;
                     current.key_pem = key_pem;
-                    self.store.put_edge_route(&host, &encode(&current))?;
+                    self.put(&current)?;
                     if let Err(e) = self.program(&current).await {
                         warn!(hostname = %host, error = %e, "acme: mc-proxy refused the certificate");
                     }

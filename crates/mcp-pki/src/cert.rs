@@ -96,6 +96,17 @@ pub fn validity(der: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Pk
     Ok((not_before, not_after))
 }
 
+/// The validity of the first certificate of a PEM chain, in Unix seconds:
+/// (not_before, not_after), as the wire carries it.
+pub fn validity_unix(pem: &str) -> Result<(i64, i64), PkiError> {
+    let (nb, na) = validity(&cert_from_pem(pem)?)?;
+    let unix = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    Ok((unix(nb), unix(na)))
+}
+
 /// One DER element of tag `tag` at the start of `input`: (its content, the rest).
 fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&first, rest) = input.split_first()?;

@@ -205,8 +205,7 @@ async fn setup_route(
             )
             .map_err(|e| format!("{what}: issue the public certificate: {e}"))?;
         validity = Some(
-            mcp_pki::cert::cert_from_pem(&issued.cert_pem)
-                .and_then(|der| mcp_pki::cert::validity(&der))
+            mcp_pki::cert::validity_unix(&issued.cert_pem)
                 .map_err(|e| format!("{what}: read the issued certificate: {e}"))?,
         );
         wire.cert_pem = issued.cert_pem;
@@ -226,14 +225,10 @@ async fn setup_route(
             });
             wire.cert_pem.clear();
             wire.key_pem.clear();
-            let unix = |t: std::time::SystemTime| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64)
-            };
             match (validity, &before) {
                 (Some((nb, na)), _) => {
-                    wire.cert_not_before = unix(nb);
-                    wire.cert_not_after = unix(na);
+                    wire.cert_not_before = nb;
+                    wire.cert_not_after = na;
                 }
                 (None, Some(b)) => {
                     wire.cert_not_before = b.cert_not_before;

@@ -152,6 +152,29 @@ pub fn newest<'a>(nodes: &'a [NodeFacts], service: &str) -> Option<(&'a NodeFact
         })
 }
 
+/// Is `copy` of `service` at or below an operator's removal of it?
+pub fn removed(world: &World, service: &str, copy: &Copy) -> bool {
+    world
+        .removed
+        .get(service)
+        .is_some_and(|at| copy.generation <= *at)
+}
+
+/// The copy each wanted service is known by (its newest, holding desired state, not
+/// removed), with its node, by service name: what every projection derives from.
+pub fn wanted(world: &World) -> Vec<(&NodeFacts, &Copy)> {
+    let services: BTreeSet<&str> = world
+        .nodes
+        .iter()
+        .flat_map(|n| n.copies.iter().map(|c| c.service.as_str()))
+        .collect();
+    services
+        .into_iter()
+        .filter_map(|service| newest(&world.nodes, service))
+        .filter(|(_, top)| top.desired && !removed(world, &top.service, top))
+        .collect()
+}
+
 /// Every action the world needs now, sorted.
 pub fn plan(world: &World) -> Vec<Action> {
     let mut actions = plan_copies(world);

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{newest, World};
+use super::{wanted, World};
 
 /// What a record says.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,22 +64,11 @@ pub fn service_of<'a>(name: &'a str, zone: &str) -> Option<&'a str> {
 /// Every record the registry derives, sorted.
 pub fn zone_records(world: &World) -> BTreeSet<DnsRecord> {
     let mut records = BTreeSet::new();
-    let services: BTreeSet<&str> = world
-        .nodes
-        .iter()
-        .flat_map(|n| n.copies.iter().map(|c| c.service.as_str()))
-        .collect();
-    for service in services {
-        let Some((node, top)) = newest(&world.nodes, service) else {
-            continue;
-        };
-        let removed = world
-            .removed
-            .get(service)
-            .is_some_and(|at| top.generation <= *at);
-        if removed || !top.desired || !top.running {
+    for (node, top) in wanted(world) {
+        if !top.running {
             continue;
         }
+        let service = top.service.as_str();
         let Ok(ip) = node
             .host
             .trim_start_matches('[')

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{newest, Action, Copy, World};
+use super::{removed, wanted, Action, Copy, World};
 
 /// One public route as an edge serves it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,22 +70,8 @@ pub enum CertPlan {
 /// Every public route the registry derives, by hostname.
 pub fn desired(world: &World) -> BTreeMap<String, PublicRoute> {
     let mut want = BTreeMap::new();
-    let services: std::collections::BTreeSet<&str> = world
-        .nodes
-        .iter()
-        .flat_map(|n| n.copies.iter().map(|c| c.service.as_str()))
-        .collect();
-    for service in services {
-        let Some((_, top)) = newest(&world.nodes, service) else {
-            continue;
-        };
-        let removed = world
-            .removed
-            .get(service)
-            .is_some_and(|at| top.generation <= *at);
-        if removed || !top.desired {
-            continue;
-        }
+    for (_, top) in wanted(world) {
+        let service = top.service.as_str();
         // A new copy still starting (a move, an update) does not take the traffic
         // from an older copy that serves: the route switches once it runs.
         let source = if top.ready || !top.running {
@@ -96,12 +82,7 @@ pub fn desired(world: &World) -> BTreeMap<String, PublicRoute> {
                 .iter()
                 .flat_map(|n| &n.copies)
                 .filter(|c| c.service == service && c.desired && c.running && c.ready)
-                .filter(|c| {
-                    world
-                        .removed
-                        .get(service)
-                        .is_none_or(|at| c.generation > *at)
-                })
+                .filter(|c| !removed(world, service, c))
                 .filter(|c| !c.routes.is_empty())
                 .max_by_key(|c| c.generation)
                 .unwrap_or(top)
