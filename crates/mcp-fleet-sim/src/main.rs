@@ -26,6 +26,12 @@ use mcp_proto::tonic::transport::Channel;
 use mcp_proto::tonic::Request;
 use mcp_proto::transport::{ClientTls, ClientTransport};
 
+mod agent_rss;
+mod detect;
+mod heartbeats;
+mod memory;
+mod repopulate;
+
 #[derive(Parser)]
 #[command(
     name = "mcp-fleet-sim",
@@ -538,237 +544,10 @@ async fn channels(n: usize) -> anyhow::Result<Vec<Channel>> {
     results.into_iter().collect()
 }
 
-async fn heartbeats(cpu: Option<u32>, nodes: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("mcp-sim-{}", std::process::id()));
-    let master = Master::start(&dir, "30s", 3, "5s", cpu)?;
-    let channels = channels(nodes).await?;
-    register_all(0..nodes, &channels).await?;
-    let stats = Arc::new(Stats::default());
-    let (stop, handles) = start_loops(nodes, rate, &channels, &stats);
-    if let Some(dns) = MASTER_DNS.get() {
-        let dns = *dns;
-        let waited = Instant::now();
-        tokio::task::spawn_blocking(move || zone_published(dns)).await??;
-        eprintln!(
-            "heartbeats: the master's DNS answers the zone {:.1} s after the fleet registered",
-            waited.elapsed().as_secs_f64()
-        );
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu0 = cpu_seconds(master.pid());
-    stats.measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    if MASTER_DNS.get().is_some() {
-        eprintln!(
-            "heartbeats: measuring {seconds} s from unix ms {}",
-            unix_ms()
-        );
-    }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stats.measuring.store(false, Ordering::Relaxed);
-    if MASTER_DNS.get().is_some() {
-        eprintln!("heartbeats: measured until unix ms {}", unix_ms());
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu_used = cpu_seconds(master.pid()) - cpu0;
-    let _ = stop.send(true);
-    for h in handles {
-        let _ = h.await;
-    }
-    let replies = stats.replies.load(Ordering::Relaxed);
-    let mut lat = stats
-        .latencies
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    lat.sort_unstable();
-    println!(
-        "heartbeats: nodes={nodes} offered={rate}/s achieved={:.0}/s p50={:.2}ms p99={:.2}ms max={:.2}ms master_cpu={:.0}% of one core master_rss={:.1}MiB",
-        replies as f64 / elapsed,
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0),
-        100.0 * cpu_used / elapsed,
-        mib(rss(master.pid())),
-    );
-    Ok(())
-}
-
-/// Waits (at most 60 s) until the embedded DNS server on `addr` answers a query in
-/// the zone with something other than SERVFAIL: the zone is published once the
-/// master's start-up grace is over.
-fn zone_published(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut query = vec![0x5e, 0x11, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in "s00000.svc.mcp.sim.test".split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut buf = [0u8; 512];
-    while Instant::now() < deadline {
-        socket.send_to(&query, addr)?;
-        if let Ok((n, _)) = socket.recv_from(&mut buf) {
-            if n >= 12 && buf[..2] == query[..2] && buf[3] & 0x0f != 2 {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("the master's DNS server on {addr} still answers SERVFAIL after 60 s")
-}
-
-async fn memory(cpu: Option<u32>, sizes: Vec<usize>) -> anyhow::Result<()> {
-    for nodes in sizes {
-        let dir = std::env::temp_dir().join(format!("mcp-sim-mem-{}-{nodes}", std::process::id()));
-        let master = Master::start(&dir, "30s", 3, "5s", cpu)?;
-        let idle = rss(master.pid());
-        let channels = channels(nodes).await?;
-        register_all(0..nodes, &channels).await?;
-        let stats = Arc::new(Stats::default());
-        // Every node heartbeats every 30 s, spread out; memory settles after a few.
-        let (stop, handles) = start_loops(nodes, (nodes as u64 / 30).max(1), &channels, &stats);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut client = operator()?;
-        let listed = client
-            .list_nodes(wire::ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes
-            .len();
-        println!(
-            "memory: nodes={nodes} registered={listed} master_rss={:.1}MiB (idle {:.1}MiB, {:.1}KiB per node)",
-            mib(rss(master.pid())),
-            mib(idle),
-            (rss(master.pid()).saturating_sub(idle)) as f64 / 1024.0 / nodes as f64
-        );
-        let _ = stop.send(true);
-        for h in handles {
-            let _ = h.await;
-        }
-        drop(master);
-    }
-    Ok(())
-}
-
-/// A simulated agent that re-registers (with the agent's backoff) whenever its
-/// heartbeat stream breaks, as a real agent does.
-async fn resilient_node(
-    i: usize,
-    channel: Channel,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    let mut stop = stop;
-    loop {
-        let mut client = NodesClient::new(channel.clone());
-        if client
-            .register(register_request(i, node_address(i)))
-            .await
-            .is_ok()
-        {
-            backoff = BACKOFF_MIN;
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let _ = tx.send(heartbeat(i)).await;
-            if let Ok(response) = client
-                .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            {
-                let mut replies = response.into_inner();
-                let mut ticker = tokio::time::interval(interval);
-                loop {
-                    tokio::select! {
-                        _ = ticker.tick() => { if tx.send(heartbeat(i)).await.is_err() { break } }
-                        reply = replies.next() => match reply { Some(Ok(_)) => {}, _ => break },
-                        _ = stop.changed() => return,
-                    }
-                }
-            }
-        }
-        let wait = backoff + jitter(backoff, &node_name(i));
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-async fn count_nodes() -> usize {
-    let Ok(mut client) = operator() else { return 0 };
-    client
-        .list_nodes(wire::ListNodesRequest {})
-        .await
-        .map_or(0, |r| r.into_inner().nodes.len())
-}
-
-async fn repopulate(cpu: Option<u32>, nodes: usize) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("mcp-sim-repop-{}", std::process::id()));
-    let mut master = Master::start(&dir, "5s", 3, "2s", cpu)?;
-    let channels = channels(nodes).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let handles: Vec<_> = (0..nodes)
-        .map(|i| {
-            tokio::spawn(resilient_node(
-                i,
-                channels[i].clone(),
-                Duration::from_secs(5),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count_nodes().await < nodes {
-        if Instant::now() > deadline {
-            bail!("the first master never saw all {nodes} nodes");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        master.kill();
-        // The restarted master reuses this data dir (its CA signed the nodes'
-        // certificates): the old handle must not delete it when replaced.
-        master.keep_dir = true;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let t0 = Instant::now();
-        master = Master::start(&dir, "5s", 3, "2s", cpu)?;
-        let listening = t0.elapsed();
-        loop {
-            if count_nodes().await >= nodes {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("not repopulated within 30s");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let took = t0.elapsed();
-        println!("repopulate: nodes={nodes} full view after {:.0}ms from master start ({:.0}ms of which to listen)", took.as_secs_f64() * 1000.0, listening.as_secs_f64() * 1000.0);
-        times.push(took);
-    }
-    let _ = stop_tx.send(true);
-    for h in handles {
-        let _ = h.await;
-    }
-    drop(master);
-    Ok(())
-}
-
-/// A TCP listener that accepts and never answers: a frozen agent's probe address.
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn frozen_listener(address: &str) -> anyhow::Result<std::net::TcpListener> {
-    let listener =
-        std::net::TcpListener::bind(address).with_context(|| format!("bind {address}"))?;
-    Ok(listener)
 }
 
 async fn state_of(node: &str) -> String {
@@ -789,134 +568,6 @@ async fn state_of(node: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn detect(
-    cpu: Option<u32>,
-    runs: usize,
-    interval_ms: u64,
-    missed: u32,
-    probe_ms: u64,
-) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("mcp-sim-detect-{}", std::process::id()));
-    let _master = Master::start(
-        &dir,
-        &format!("{interval_ms}ms"),
-        missed,
-        &format!("{probe_ms}ms"),
-        cpu,
-    )?;
-    let interval = Duration::from_millis(interval_ms);
-    let bound = interval * missed + Duration::from_millis(probe_ms);
-    let mut keep = Vec::new();
-    for (kind, frozen) in [
-        ("frozen (SIGSTOP-like: probe times out)", true),
-        ("dead (stream closed, connection refused)", false),
-    ] {
-        let mut took = Vec::new();
-        for run in 0..runs {
-            let i = 50_000 + run + if frozen { 0 } else { 1000 };
-            let address = format!("127.0.0.62:{}", 21000 + i % 10000);
-            let listener = if frozen {
-                Some(frozen_listener(&address)?)
-            } else {
-                None
-            };
-            let mut client = NodesClient::new(node_channel(i).await?);
-            client
-                .register(register_request(i, address.clone()))
-                .await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let mut replies = client
-                .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            for _ in 0..5 {
-                tokio::time::sleep(interval).await;
-                tx.send(heartbeat(i)).await?;
-                replies.next().await;
-            }
-            let last_ms = unix_ms();
-            if !frozen {
-                drop(tx);
-                drop(replies);
-            } else {
-                // A frozen agent keeps its stream open and sends nothing.
-                keep.push((tx, replies));
-            }
-            let name = node_name(i);
-            // The master's own record of the transition is the measurement; polling
-            // only waits for it.
-            let mut poller = operator()?;
-            let unhealthy_at = loop {
-                let status = poller
-                    .status(wire::StatusRequest { service: None })
-                    .await?
-                    .into_inner();
-                if let Some(e) = status
-                    .events
-                    .iter()
-                    .rev()
-                    .find(|e| e.node == name && e.message.contains("-> unhealthy"))
-                {
-                    break e.at_ms;
-                }
-                if unix_ms() - last_ms > (bound * 10).as_millis() as i64 {
-                    bail!("{name} never became unhealthy");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            };
-            took.push(Duration::from_millis((unhealthy_at - last_ms).max(0) as u64));
-            drop(listener);
-        }
-        let mean = took.iter().sum::<Duration>() / took.len().max(1) as u32;
-        let max = took.iter().max().copied().unwrap_or_default();
-        if frozen {
-            println!(
-                "detect: {kind}: mean {:.0}ms max {:.0}ms vs bound {:.0}ms (missed {missed} x {interval_ms}ms + probe {probe_ms}ms): {:+.1}%",
-                mean.as_secs_f64() * 1000.0,
-                max.as_secs_f64() * 1000.0,
-                bound.as_secs_f64() * 1000.0,
-                100.0 * (mean.as_secs_f64() / bound.as_secs_f64() - 1.0)
-            );
-        } else {
-            println!(
-                "detect: {kind}: mean {:.1}ms max {:.1}ms after the agent died (probe timeout {probe_ms}ms)",
-                mean.as_secs_f64() * 1000.0,
-                max.as_secs_f64() * 1000.0
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn agent_rss(cpu: Option<u32>) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("mcp-sim-agent-{}", std::process::id()));
-    let _master = Master::start(&dir, "1s", 3, "1s", cpu)?;
-    let agent_dir = dir.join("agent");
-    std::fs::create_dir_all(&agent_dir)?;
-    let config = agent_dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"idle\"\nmaster = \"{MASTER}\"\nlisten = \"127.0.0.62:9444\"\ndata_dir = \"{}\"\nsrv_root = \"{}\"\nruntime = \"exec\"\n",
-            agent_dir.join("data").display(),
-            agent_dir.join("srv").display()
-        ),
-    )?;
-    let bin = mcp_local_fleet::Binaries::find()?.path("mcp-agent");
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let registered = state_of("idle").await;
-    println!("agent-rss: idle mcp-agent (exec runtime, {registered}, heartbeating every 1s) RSS {:.1}MiB", mib(rss(child.id())));
-    mcp_local_fleet::send_signal(child.id(), libc::SIGTERM);
-    let _ = child.wait();
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(dns) = cli.master_dns {
@@ -931,16 +582,16 @@ fn main() -> anyhow::Result<()> {
                 nodes,
                 rate,
                 seconds,
-            } => heartbeats(cli.master_cpu, nodes, rate, seconds).await,
-            Cmd::Memory { nodes } => memory(cli.master_cpu, nodes).await,
-            Cmd::Repopulate { nodes } => repopulate(cli.master_cpu, nodes).await,
+            } => heartbeats::heartbeats(cli.master_cpu, nodes, rate, seconds).await,
+            Cmd::Memory { nodes } => memory::memory(cli.master_cpu, nodes).await,
+            Cmd::Repopulate { nodes } => repopulate::repopulate(cli.master_cpu, nodes).await,
             Cmd::Detect {
                 runs,
                 interval_ms,
                 missed,
                 probe_timeout_ms,
-            } => detect(cli.master_cpu, runs, interval_ms, missed, probe_timeout_ms).await,
-            Cmd::AgentRss => agent_rss(cli.master_cpu).await,
+            } => detect::detect(cli.master_cpu, runs, interval_ms, missed, probe_timeout_ms).await,
+            Cmd::AgentRss => agent_rss::agent_rss(cli.master_cpu).await,
         }
     })
 }
