@@ -276,23 +276,7 @@ impl Master for MasterService {
             .collect();
         let (tx, rx) = mpsc::channel(256);
         let this = self.clone();
-        tokio::spawn(async move {
-            this.settle(Some(&tx)).await;
-            let mut snapshot = this.snapshot();
-            for def in ordered {
-                let name = def.name.clone();
-                if let Err(status) = this.deploy_one(def, &mut snapshot, &tx).await {
-                    tracing::warn!(service = %name, "deploy failed: {}", status.message());
-                    let _ = tx
-                        .send(Err(Status::new(
-                            status.code(),
-                            format!("deploy {name}: {}", status.message()),
-                        )))
-                        .await;
-                    return;
-                }
-            }
-        });
+        tokio::spawn(async move { this.deploy_batch(ordered, tx).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -1,5 +1,8 @@
 //! `mcp deploy FILE|DIR|NAME...`: validate locally, send to the master, show progress
-//! (bars for image pulls, a line per step), end with what runs where.
+//! (bars for image pulls, a line per step, per service: the master deploys a batch's
+//! services on different nodes at the same time), end with what runs where. When a
+//! service failed, the others still deploy: the table shows those, then the error
+//! names every failed service.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +97,7 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
     };
     let mut pulls: HashMap<(String, String), ProgressBar> = HashMap::new();
     let mut failure = None;
+    let mut deployed = 0usize;
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(event) => event,
@@ -117,6 +121,7 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
                     };
                     say(format!("  {target:<28} {:<8} {}", s.step, s.message));
                 }
+                Some(AgentEvent::Done(_)) => deployed += 1,
                 Some(AgentEvent::Pull(p)) if show => {
                     let key = (event.service.clone(), p.component.clone());
                     let bar = pulls.entry(key).or_insert_with(|| {
@@ -133,13 +138,35 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
                 }
                 _ => {}
             },
-            _ => {}
+            Some(Event::Failed(f)) => {
+                pulls.retain(|(service, _), bar| {
+                    let keep = *service != event.service;
+                    if !keep {
+                        bar.finish_and_clear();
+                    }
+                    keep
+                });
+                say(format!("  {who:<28} {:<8} {}", "failed", f.message));
+            }
+            None => {}
         }
     }
     for bar in pulls.values() {
         bar.finish_and_clear();
     }
     if let Some(failure) = failure {
+        // Some services of the batch did deploy: what runs where, then the error.
+        if deployed > 0 && !ctx.json && !ctx.quiet {
+            if let Ok(reply) = master.list(mcp_proto::master::v1::ListRequest {}).await {
+                let services: Vec<_> = reply
+                    .into_inner()
+                    .services
+                    .into_iter()
+                    .filter(|s| names.contains(&s.name))
+                    .collect();
+                print!("{}", output::list_table(&services));
+            }
+        }
         return Err(failure);
     }
     // What runs where now, for the deployed services.
