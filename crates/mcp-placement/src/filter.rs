@@ -125,6 +125,8 @@ pub(crate) struct NodeState {
     pub free_disk: u64,
     /// The requests of the services placed here.
     pub used: Units,
+    /// How many services are placed here.
+    pub placed: u32,
     /// Passes every filter that does not depend on the service: healthy, a
     /// worker, above both floors.
     pub eligible: bool,
@@ -147,6 +149,7 @@ impl NodeState {
             free_memory: view.free_memory,
             free_disk: view.free_disk,
             used: Units::default(),
+            placed: 0,
             eligible,
         }
     }
@@ -156,6 +159,12 @@ impl NodeState {
     pub fn free_memory_with(&self, used: Units) -> u64 {
         self.free_memory
             .min(self.allocatable.memory.saturating_sub(used.memory))
+    }
+
+    /// The allocatable memory not yet requested given `used`: what ranking goes by
+    /// (SPEC §4: requests, not the noisy observed figure, which only filters).
+    pub fn memory_left(&self, used: Units) -> u64 {
+        self.allocatable.memory.saturating_sub(used.memory)
     }
 
     fn free_disk_with(&self, used: Units) -> u64 {

@@ -2,11 +2,12 @@
 //! scope (node, pool, core, any), then the filters, then ranking and selection.
 //!
 //! Speed comes from one observation: within a placement the request is the
-//! same for every node, so ranking by free memory after placement is ranking
-//! by free memory now. Each scope keeps its eligible nodes (healthy workers
-//! above the floors) sorted by (free memory desc, name asc); the first one
-//! that passes the service's filters wins, and the scan stops as soon as a
-//! node has less free memory than requested. Only when nothing qualifies is
+//! same for every node, so ranking by allocatable memory left after placement
+//! is ranking by allocatable memory left now. Each scope keeps its eligible
+//! nodes (healthy workers above the floors) sorted by (allocatable memory left
+//! desc, services placed asc, name asc); the first one that passes the
+//! service's filters wins, and the scan stops as soon as a node has less
+//! allocatable memory left than requested. Only when nothing qualifies is
 //! every node in scope evaluated, to build the rejection list.
 
 use std::cmp::Reverse;
@@ -27,7 +28,8 @@ pub struct Snapshot {
     nodes: Vec<NodeState>,
     /// The pools each node belongs to, as indices into `pools`.
     node_pools: Vec<Vec<u32>>,
-    /// Eligible nodes by rank (free memory desc, index asc).
+    /// Eligible nodes by rank (allocatable memory left desc, services placed
+    /// asc, index asc).
     order: Vec<u32>,
     /// Sorted by name.
     pools: Vec<Pool>,
@@ -54,11 +56,11 @@ enum Within {
     Pool(usize),
 }
 
-type RankKey = (Reverse<u64>, u32);
+type RankKey = (Reverse<u64>, u32, u32);
 
 fn rank(nodes: &[NodeState], i: u32) -> RankKey {
     let node = &nodes[i as usize];
-    (Reverse(node.free_memory_with(node.used)), i)
+    (Reverse(node.memory_left(node.used)), node.placed, i)
 }
 
 fn sort_by_rank(nodes: &[NodeState], order: &mut [u32]) {
@@ -110,6 +112,7 @@ impl Snapshot {
             if let Ok(i) = states.binary_search_by(|n| n.name.as_str().cmp(&p.node)) {
                 let requests = Units::of(&p.requests);
                 states[i].used = states[i].used.plus(requests);
+                states[i].placed += 1;
                 placements
                     .entry(p.service.clone())
                     .or_default()
@@ -205,12 +208,12 @@ impl Snapshot {
     pub fn commit(&mut self, service: &str, node: &str, requests: Capacity) {
         if let Some(previous) = self.placements.remove(service) {
             for (i, r) in previous {
-                self.update_used(i, |used| used.minus(r));
+                self.update_used(i, |used| used.minus(r), -1);
             }
         }
         if let Some(i) = self.node_index(node) {
             let requests = Units::of(&requests);
-            self.update_used(i as u32, |used| used.plus(requests));
+            self.update_used(i as u32, |used| used.plus(requests), 1);
             self.placements
                 .insert(service.to_string(), vec![(i as u32, requests)]);
         }
@@ -315,8 +318,8 @@ impl Snapshot {
         let mut best: Option<RankKey> = None;
         for &i in order {
             let node = &self.nodes[i as usize];
-            if node.free_memory_with(node.used) < demand.requests.memory {
-                break; // every later node has less free memory still
+            if node.memory_left(node.used) < demand.requests.memory {
+                break; // every later node has less left still
             }
             if own.iter().any(|(j, _)| *j == i) {
                 continue;
@@ -333,13 +336,18 @@ impl Snapshot {
             }
             let used = self.used_without(i, own);
             if node.fits(used, demand) {
-                let key = (Reverse(node.free_memory_with(used)), i);
+                let others = own.iter().filter(|(j, _)| *j == i).count() as u32;
+                let key = (
+                    Reverse(node.memory_left(used)),
+                    node.placed.saturating_sub(others),
+                    i,
+                );
                 if best.is_none_or(|b| key < b) {
                     best = Some(key);
                 }
             }
         }
-        best.map(|(_, i)| i)
+        best.map(|(_, _, i)| i)
     }
 
     /// The slow path: every node in scope, by name, with its rejection.
@@ -382,14 +390,17 @@ impl Snapshot {
         }
     }
 
-    /// Changes node `i`'s used requests and keeps every order it is in sorted
-    /// (a remove and an insert by binary search: a memmove at worst).
-    fn update_used(&mut self, i: u32, change: impl FnOnce(Units) -> Units) {
+    /// Changes node `i`'s used requests and its count of services (by `count`),
+    /// and keeps every order it is in sorted (a remove and an insert by binary
+    /// search: a memmove at worst).
+    fn update_used(&mut self, i: u32, change: impl FnOnce(Units) -> Units, count: i32) {
         let idx = i as usize;
         let node = &self.nodes[idx];
         let new_used = change(node.used);
-        if !node.eligible || node.free_memory_with(new_used) == node.free_memory_with(node.used) {
+        let new_placed = node.placed.saturating_add_signed(count);
+        if !node.eligible {
             self.nodes[idx].used = new_used;
+            self.nodes[idx].placed = new_placed;
             return;
         }
         let key = rank(&self.nodes, i);
@@ -398,6 +409,7 @@ impl Snapshot {
             remove_ranked(&self.nodes, &mut self.pools[p as usize].order, key);
         }
         self.nodes[idx].used = new_used;
+        self.nodes[idx].placed = new_placed;
         insert_ranked(&self.nodes, &mut self.order, i);
         for &p in &self.node_pools[idx] {
             insert_ranked(&self.nodes, &mut self.pools[p as usize].order, i);

@@ -84,23 +84,24 @@ pub fn place(
         }
     }
     let request = requests_of(def).memory;
-    let mut best: Option<(u64, &str)> = None;
+    let mut best: Option<(u64, usize, &str)> = None;
     let mut rejections = Vec::new();
     for node in &members {
         match evaluate(node) {
-            Ok(free) => {
-                let after = free - request;
-                // Most free memory after placement; ties by name (members are
-                // in name order, so the first of equals stays).
-                if best.is_none_or(|(b, _)| after > b) {
-                    best = Some((after, &node.name));
+            Ok((left, count)) => {
+                let after = left - request;
+                // Most allocatable memory left after placement, then the fewest
+                // services; ties by name (members are in name order, so the
+                // first of equals stays).
+                if best.is_none_or(|(b, c, _)| after > b || (after == b && count < c)) {
+                    best = Some((after, count, &node.name));
                 }
             }
             Err(why) => rejections.push((node.name.clone(), why)),
         }
     }
     match best {
-        Some((_, node)) => Ok(Placement {
+        Some((_, _, node)) => Ok(Placement {
             node: node.to_string(),
             reason: match &scope {
                 Scope::Pool(p) => format!("pool {p}: most free memory"),
@@ -115,14 +116,15 @@ pub fn place(
     }
 }
 
-/// The node's free memory (before this placement) when it qualifies, else the
-/// first filter it fails.
+/// The node's allocatable memory not yet requested (before this placement) and
+/// the number of other services placed there when it qualifies, else the first
+/// filter it fails.
 fn evaluate(
     def: &ServiceDef,
     node: &NodeView,
     placed: &[PlacedService],
     policy: &Policy,
-) -> Result<u64, Rejection> {
+) -> Result<(u64, usize), Rejection> {
     if node.health != Health::Healthy {
         return Err(Rejection::State(node.health));
     }
@@ -137,9 +139,10 @@ fn evaluate(
         });
     }
     // The figures in tests are small: plain sums cannot overflow.
-    let (mut cpu, mut memory, mut disk) = (0u64, 0u64, 0u64);
+    let (mut cpu, mut memory, mut disk, mut count) = (0u64, 0u64, 0u64, 0usize);
     for p in placed {
         if p.node == node.name && p.service != def.name {
+            count += 1;
             cpu += millicores(p.requests.cpu);
             memory += p.requests.memory;
             disk += p.requests.disk;
@@ -184,5 +187,5 @@ fn evaluate(
             floor: policy.min_free_disk,
         });
     }
-    Ok(free_memory)
+    Ok((memory_allocatable.saturating_sub(memory), count))
 }

@@ -31,8 +31,13 @@ fn node(name: &str, change: impl FnOnce(&mut NodeView)) -> NodeView {
     n
 }
 
+/// A node with `memory` in all, all of it free: ranking goes by the allocatable
+/// memory left (SPEC §4), so a node with more must have more in all.
 fn free(name: &str, memory: u64) -> NodeView {
-    node(name, |n| n.free_memory = memory)
+    node(name, |n| {
+        n.total.memory = memory;
+        n.free_memory = memory;
+    })
 }
 
 fn svc(name: &str, change: impl FnOnce(&mut ServiceDef)) -> ServiceDef {
@@ -103,6 +108,41 @@ fn ties_by_name() {
         run(&svc("x", |_| {}), &nodes, &[]),
         ok("alpha", "most free memory")
     );
+}
+
+#[test]
+fn observed_free_memory_filters_but_does_not_rank() {
+    // Equal nodes whose observed free memory differs (noise, other processes):
+    // the one with the fewest services, then the first by name, and a batch
+    // placed on one snapshot spreads over them.
+    let nodes = [
+        node("a", |n| n.free_memory = 5 * GIB),
+        node("b", |n| n.free_memory = 7 * GIB),
+        node("c", |n| n.free_memory = 6 * GIB),
+    ];
+    assert_eq!(
+        run(&svc("x", |_| {}), &nodes, &[]),
+        ok("a", "most free memory")
+    );
+    let mut snapshot = Snapshot::new(nodes.to_vec(), &[], Policy::default(), "rift");
+    let mut on = Vec::new();
+    for i in 0..6 {
+        let def = svc(&format!("s{i}"), |_| {});
+        let p = snapshot.place(&def, None).unwrap();
+        snapshot.commit(&def.name, &p.node, crate::requests_of(&def));
+        on.push(p.node);
+    }
+    assert_eq!(on, ["a", "b", "c", "a", "b", "c"]);
+    // Services without memory requests spread too: by their count.
+    let mut snapshot = Snapshot::new(nodes.to_vec(), &[], Policy::default(), "rift");
+    let mut on = Vec::new();
+    for i in 0..3 {
+        let def = svc(&format!("z{i}"), |d| mem(d, 0));
+        let p = snapshot.place(&def, None).unwrap();
+        snapshot.commit(&def.name, &p.node, crate::requests_of(&def));
+        on.push(p.node);
+    }
+    assert_eq!(on, ["a", "b", "c"]);
 }
 
 #[test]
@@ -323,11 +363,13 @@ fn pool_mixed_members() {
         }),
         node("pi-1", |n| {
             pool(n);
+            n.total.memory = 2 * GIB;
             n.free_memory = 2 * GIB;
             n.arch = Arch::Arm64;
         }),
         node("pi-2", |n| {
             pool(n);
+            n.total.memory = 3 * GIB;
             n.free_memory = 3 * GIB;
             n.arch = Arch::Arm64;
         }),
