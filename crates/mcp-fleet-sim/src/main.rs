@@ -27,6 +27,7 @@ use mcp_proto::tonic::Request;
 use mcp_proto::transport::{ClientTls, ClientTransport};
 
 mod agent_rss;
+mod deploys;
 mod detect;
 mod heartbeats;
 mod memory;
@@ -84,6 +85,18 @@ enum Cmd {
     },
     /// RSS of a real, idle mcp-agent (exec runtime) registered with a real master.
     AgentRss,
+    /// Deploys per second end to end: one batch of one-component services placed on
+    /// simulated nodes that answer Deploy like an agent (no runtime), from the
+    /// request to the last acknowledgement.
+    Deploys {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10000)]
+        services: usize,
+        /// Skip the warm-up `list` that connects the master to every agent first.
+        #[arg(long)]
+        cold: bool,
+    },
 }
 
 const MASTER: &str = "127.0.0.61:9443";
@@ -591,6 +604,11 @@ fn main() -> anyhow::Result<()> {
                 missed,
                 probe_timeout_ms,
             } => detect::detect(cli.master_cpu, runs, interval_ms, missed, probe_timeout_ms).await,
+            Cmd::Deploys {
+                nodes,
+                services,
+                cold,
+            } => deploys::deploys(cli.master_cpu, nodes, services, cold).await,
             Cmd::AgentRss => agent_rss::agent_rss(cli.master_cpu).await,
         }
     })
