@@ -47,10 +47,6 @@ for b in mcp mcp-master mcp-agent mcp-fleet-sim; do
     [[ -x "$bin_dir/$b" ]] || die "$bin_dir/$b not found (cargo build --bins, or --bin-dir DIR)"
 done
 export MCP_BIN_DIR="$bin_dir"
-# One run at a time on this machine: every run starts its master on the
-# simulator's fixed address (127.0.0.61:9443). Bounded: 10 min.
-exec 9>"${TMPDIR:-/tmp}/mcp-fleet-sim.lock"
-command -v flock >/dev/null && { flock -w 600 9 || die "another bench/fleet-sim.sh held its lock for 10 min"; }
 sim="$bin_dir/mcp-fleet-sim"
 ulimit -n "$(ulimit -Hn)"
 cpu=()

@@ -581,8 +581,37 @@ async fn state_of(node: &str) -> String {
         .unwrap_or_default()
 }
 
+/// One simulator at a time on this machine: every run starts its master on the
+/// same fixed address ([`MASTER`]), so a second run (another benchmark, a CI smoke
+/// test) waits here for the first to end, at most 10 minutes. The lock is the
+/// process's: the kernel releases it however the process ends.
+fn take_turn() -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join("mcp-fleet-sim.lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    if file.try_lock().is_ok() {
+        return Ok(file);
+    }
+    eprintln!(
+        "mcp-fleet-sim: waiting for another mcp-fleet-sim to end ({} is locked)",
+        path.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        if file.try_lock().is_ok() {
+            return Ok(file);
+        }
+    }
+    bail!(
+        "another mcp-fleet-sim held {} for 10 minutes",
+        path.display()
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _turn = take_turn()?;
     if let Some(dns) = cli.master_dns {
         let _ = MASTER_DNS.set(dns);
     }

@@ -1,7 +1,7 @@
 //! CI smoke runs of `bench/fleet-sim.sh` against this build's binaries
 //! (`--smoke --bin-dir`, so CI builds no release): every measurement at a toy size
 //! must run and print its figure line, so the benchmark keeps working as the master
-//! changes. The two runs take turns (the script's lock file): both start a master on the
+//! changes. The two runs take turns (the simulator's lock file): both start a master on the
 //! simulator's fixed address (127.0.0.61:9443; nodes in 127.0.100.0/24, the agent
 //! of agent-rss on 127.0.0.62, DNS on 127.0.0.178:53178). A run past its deadline
 //! gets SIGTERM (the script and the simulator stop what they started), then its
