@@ -38,50 +38,19 @@
 # usage or a missing tool or binary.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/serving.sh
+. "$root/bench/lib/serving.sh"
 
 me=deploy-to-public-serving
 usage() { sed -n '/^# Usage:/,/^# Exit status/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 die() { echo "$me: $*" >&2; exit 1; }
 missing() { echo "$me: $*" >&2; exit 2; }
 
-smoke=0 keep=0 bin_dir="" runs=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --smoke) smoke=1 ;;
-        --bin-dir) bin_dir="${2:?--bin-dir DIR}"; shift ;;
-        --keep) keep=1 ;;
-        -h | --help) usage 0 ;;
-        -*) echo "$me: unknown argument '$1'" >&2; usage ;;
-        *) [ -z "$runs" ] || usage; runs="$1" ;;
-    esac
-    shift
-done
-if [ "$smoke" = 1 ]; then
-    runs="${runs:-1}" warmup=0
-else
-    runs="${runs:-20}" warmup=3
-fi
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] && [ "$runs" -le 1000 ] || { echo "$me: RUNS must be 1 to 1000, not '$runs'" >&2; exit 2; }
-# A --bin-dir is taken from where we were started.
-if [ -n "$bin_dir" ]; then
-    [[ "$bin_dir" = /* ]] || bin_dir="$PWD/$bin_dir"
-fi
+serving_args 1 20 "$@"
 cd "$root"
 
-for t in docker hyperfine curl flock awk timeout; do
-    command -v "$t" >/dev/null 2>&1 || missing "'$t' not found"
-done
-docker info >/dev/null 2>&1 || missing "the Docker engine does not answer (docker info)"
-if [ -z "$bin_dir" ]; then
-    cargo build --release --bins -q || die "cargo build --release --bins failed"
-    target="${CARGO_TARGET_DIR:-target}"
-    [[ "$target" = /* ]] || target="$root/$target"
-    bin_dir="$target/release"
-fi
-for b in mcp mcp-master mcp-agent mc-proxy; do
-    [ -x "$bin_dir/$b" ] || missing "$bin_dir/$b not found (cargo build --release --bins, or --bin-dir DIR)"
-done
-tests/fixtures/hello-http/build.sh >/dev/null 2>&1 || die "tests/fixtures/hello-http/build.sh failed"
+serving_tools docker hyperfine curl flock awk timeout cc
+serving_binaries "$root" mcp mcp-master mcp-agent mc-proxy
 
 IP=127.0.0.185 EDGE_IP=127.0.0.186
 DOCKER_PORT=18185 SWARM_PORT=18186
@@ -89,54 +58,30 @@ SERVICE=bench-public HOST=bench-public.metacircular.net
 NODE=pubbench EDGE=pubbench-edge
 IMAGE=mcp-test/hello:1
 
-# One run at a time on this machine (fixed addresses and names; two runs would
-# measure each other): wait for another run's lock on this script, bounded.
-exec 9<"$root/bench/$me.sh"
-if ! flock -n 9; then
-    echo "$me: another run of this script is under way; waiting (at most 10 min)" >&2
-    flock -w 600 9 || die "another run of this script still runs after 10 min"
-fi
-SECONDS=0
-
-# Nothing may already listen where we will.
-for a in $IP:9443 $IP:9444 $EDGE_IP:9444 $EDGE_IP:8443 $IP:$DOCKER_PORT 127.0.0.1:$SWARM_PORT; do
-    if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
-        die "something already listens on $a"
-    fi
-done
+# One run of a deploy benchmark at a time on this machine (fixed addresses and
+# names, one swarm; two runs would measure each other).
+serving_lock
+serving_free $IP:9443 $IP:9444 $EDGE_IP:9444 $EDGE_IP:8443 $IP:$DOCKER_PORT 127.0.0.1:$SWARM_PORT
 
 # --- cleanup, on any exit ------------------------------------------------------
 dir="$(mktemp -d /tmp/mcp-public-bench.XXXXXX)"
 pids=()           # agents, then the master, then mc-proxy
 swarm_ours=0      # we ran `docker swarm init`
 gwbridge_ours=0   # and docker_gwbridge did not exist before
+swarm_skip=""     # why there is no Swarm row
 mcp="$bin_dir/mcp --config $dir/mcp.toml"
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
     # The service through the master while it runs, then the processes, then
     # whatever is left of the containers.
     if [ -f "$dir/token" ]; then timeout 15 $mcp -q remove "$SERVICE" >/dev/null 2>&1 || true; fi
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    serving_stop
     local left
     left="$(docker ps -aq --filter "label=mcp.node=$NODE" --filter "label=mcp.service=$SERVICE" 2>/dev/null || true)"
     [ -z "$left" ] || docker rm -f $left >/dev/null 2>&1 || true
     docker rm -f bench-docker >/dev/null 2>&1 || true
-    docker service rm bench-swarm >/dev/null 2>&1 || true
-    if [ "$swarm_ours" = 1 ]; then
-        docker swarm leave --force >/dev/null 2>&1 || echo "$me: docker swarm leave --force failed" >&2
-        if [ "$gwbridge_ours" = 1 ]; then
-            docker network rm docker_gwbridge >/dev/null 2>&1 || true
-        fi
-    fi
+    serving_swarm_down bench-swarm
     if [ "$keep" = 1 ]; then echo "$me: kept $dir" >&2; else rm -rf "$dir"; fi
     exit "$rc"
 }
@@ -144,40 +89,8 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-# --- helpers the measured commands run -----------------------------------------
-# until-200 [--not] CURL-ARGS... URL: polls until the URL answers 200 (with --not:
-# until it no longer does); bounded: 30 s, 3000 tries.
-cat >"$dir/until-200" <<'SH'
-#!/usr/bin/env bash
-want=0 not=""
-[ "$1" = --not ] && { want=1 not="--not "; shift; }
-end=$((SECONDS + 30))
-for _ in $(seq 3000); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@")" = 200 ]
-    [ $? = "$want" ] && exit 0
-    [ "$SECONDS" -lt "$end" ] || break
-    sleep 0.01
-done
-echo "until-200 ${not}gave up after 30 s: curl $*" >&2
-exit 1
-SH
-# until-closed HOST PORT [SWARM-SERVICE]: polls until nothing accepts on HOST:PORT
-# (and no task container of the Swarm service is left), bounded: 30 s.
-cat >"$dir/until-closed" <<'SH'
-#!/usr/bin/env bash
-end=$((SECONDS + 30))
-for _ in $(seq 3000); do
-    if ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then
-        [ -z "${3:-}" ] && exit 0
-        [ -z "$(docker ps -aq --filter "label=com.docker.swarm.service.name=$3")" ] && exit 0
-    fi
-    [ "$SECONDS" -lt "$end" ] || break
-    sleep 0.01
-done
-echo "until-closed: $1:$2 ${3:-} still there after 30 s" >&2
-exit 1
-SH
-chmod +x "$dir/until-200" "$dir/until-closed"
+# --- the pollers the measured commands end with ---------------------------------
+serving_helpers
 
 # --- the fleet -------------------------------------------------------------------
 join_token="$("$bin_dir/mcp-master" init --data-dir "$dir/master" 2>"$dir/init.log")" || { cat "$dir/init.log" >&2; die "mcp-master init failed"; }
@@ -247,37 +160,14 @@ backend_tls = false
 CONF
 
 log="${RUST_LOG:-warn}"
-# start NAME PROGRAM CONFIG ADDR: in the background, its log in $dir/NAME.log,
-# waiting (at most 10 s) until it accepts on ADDR.
-start() {
-    local name=$1 program=$2 config=$3 addr=$4 pid
-    RUST_LOG="$log" "$bin_dir/$program" --config "$config" >"$dir/$name.log" 2>&1 &
-    pid=$!
-    pids=("$pid" "${pids[@]}")
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || { cat "$dir/$name.log" >&2; die "$name exited at start (log above)"; }
-        (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    cat "$dir/$name.log" >&2
-    die "$name does not listen on $addr after 10 s (log above)"
-}
 # pids is kept in reverse start order: agents stop first, mc-proxy last.
-start mc-proxy mc-proxy "$dir/$EDGE/proxy.toml" "$EDGE_IP:8443"
-start master mcp-master "$dir/master.toml" "$IP:9443"
-start agent mcp-agent "$dir/$NODE/agent.toml" "$IP:9444"
-start edge-agent mcp-agent "$dir/$EDGE/agent.toml" "$EDGE_IP:9444"
+serving_start mc-proxy mc-proxy "$dir/$EDGE/proxy.toml" "$EDGE_IP:8443"
+serving_start master mcp-master "$dir/master.toml" "$IP:9443"
+serving_start agent mcp-agent "$dir/$NODE/agent.toml" "$IP:9444"
+serving_start edge-agent mcp-agent "$dir/$EDGE/agent.toml" "$EDGE_IP:9444"
 ca="$dir/master/public-ca.pem"
 [ -f "$ca" ] || die "no public CA at $ca"
-for _ in $(seq 50); do echo bench-password | $mcp -q login --user bench --password-stdin 2>/dev/null && break; sleep 0.1; done
-[ -f "$dir/token" ] || die "mcp login failed; logs in $dir with --keep"
-healthy=0
-for _ in $(seq 100); do
-    healthy="$($mcp node list --json 2>/dev/null | grep -o '"healthy"' | wc -l)" || true
-    [ "$healthy" -ge 2 ] && break
-    sleep 0.1
-done
-[ "$healthy" -ge 2 ] || { cat "$dir"/*.log >&2; die "the nodes did not both register (logs above)"; }
+serving_login "$mcp" 2
 
 public_url=(--cacert "$ca" --resolve "$HOST:8443:$EDGE_IP" "https://$HOST:8443/")
 # A first deploy, checked: the hostname answers with the service's page.
@@ -288,21 +178,7 @@ page="$(curl -s --max-time 2 "${public_url[@]}")"
 $mcp -q remove "$SERVICE" || die "mcp remove failed"
 
 # --- Swarm -----------------------------------------------------------------------
-swarm_skip=""
-swarm_state="$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)"
-if [ "$swarm_state" = inactive ]; then
-    docker network inspect docker_gwbridge >/dev/null 2>&1 || gwbridge_ours=1
-    if out="$(timeout 60 docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 2>&1)"; then
-        swarm_ours=1
-    else
-        swarm_skip="docker swarm init failed: $(echo "$out" | head -1)"
-        gwbridge_ours=0
-    fi
-elif [ "$swarm_state" != active ]; then
-    swarm_skip="the swarm is $swarm_state"
-elif [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" != true ]; then
-    swarm_skip="this engine is a swarm worker, not a manager"
-fi
+serving_swarm_up
 swarm_publish=""
 swarm_cmd() { # the measured Swarm command, publishing with $1 (empty: ingress)
     echo "docker service create --detach --no-resolve-image --name bench-swarm --stop-grace-period 0s --publish published=$SWARM_PORT,target=8080$1 $IMAGE >/dev/null && $dir/until-200 http://127.0.0.1:$SWARM_PORT/"
@@ -357,13 +233,5 @@ hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" "
 echo
 cat "$dir/result.md"
 echo
-# Ratios of the means (the table's unit is the same on every row).
-awk -F'|' '
-    /^\| `/ { name = $2; gsub(/^ *`|` *$/, "", name); split($3, m, " "); mean[name] = m[1] }
-    END {
-        if (mean["docker run -d"] > 0)
-            printf "mcp deploy / docker run -d: %.2fx (goal: at most 1.3x: %s)\n", mean["mcp deploy"] / mean["docker run -d"], (mean["mcp deploy"] <= 1.3 * mean["docker run -d"]) ? "met" : "not met"
-        if (mean["docker service create"] > 0)
-            printf "mcp deploy / docker service create: %.2fx (goal: at most 0.3x: %s)\n", mean["mcp deploy"] / mean["docker service create"], (mean["mcp deploy"] <= 0.3 * mean["docker service create"]) ? "met" : "not met"
-    }' "$dir/result.md"
+serving_ratios "$dir/result.md" 1.3 0.3
 echo "$me: took $SECONDS s"

@@ -1,33 +1,114 @@
 #!/usr/bin/env bash
-# `mcp deploy` of a one-container service whose image is present, against
-# `docker run -d` of the same image with a published port, side by side in one
-# hyperfine run. Starts its own single-node fleet (release binaries) on
-# 127.0.0.31 the way a user does (`mcp-master init`, the join token in agent.toml,
-# a user from `mcp-master hash-password`, `mcp login`: every call is mutual TLS
-# with a bearer token) and stops it afterwards.
-# Usage: bench/deploy-vs-docker-run.sh [RUNS]
+# Deploy to serving: from `mcp deploy` of a one-container service (image present,
+# one route, not public) until the service answers on its published port, against
+# `docker run -d` until the container's published port answers, and against Docker
+# Swarm's `docker service create --publish mode=host` until its published port
+# answers, on the same engine, side by side in one hyperfine run.
+#
+# Starts its own one-node fleet the way a user does (`mcp-master init`, the join
+# token in agent.toml, a user from `mcp-master hash-password`, `mcp login`; every
+# call is mutual TLS with a bearer token; runtime docker), on loopback only:
+#   127.0.0.31:9443    the master        127.0.0.31:9444  the agent (node servebench)
+#   127.0.0.31:PORT    the mcp service's published port (the agent picks it; read
+#                      from `mcp --json deploy`, which lists it)
+#   127.0.0.31:18031   `docker run -d -p`   0.0.0.0:18032  the Swarm service (mode=host)
+# Each measured command starts the thing and then polls it (every 10 ms, each try
+# `curl -s --max-time 1`, for at most 30 s) until it answers 200; each run is
+# preceded by removing what the previous one made and waiting until its port is
+# closed. Swarm: if `docker info` says the swarm is inactive, the script runs
+# `docker swarm init` (loopback only) and `docker swarm leave --force` at exit; the
+# service uses the local image (`--no-resolve-image`: nothing is pulled) and
+# publishes with `mode=host` (docker-proxy on the node, as `docker run -p`; the
+# ingress routing mesh is the public benchmark's business). Prints hyperfine's
+# markdown table and the ratios (goal: `mcp deploy` at most 1.0x `docker run -d`).
+#
+# Usage: bench/deploy-to-serving.sh [--smoke] [--bin-dir DIR] [--keep] [RUNS]
+#   RUNS          timed runs of each command (default 30, after 3 warm-up runs)
+#   --smoke       2 runs of each, no warm-up (CI); a swarm that cannot be initialised
+#                 (or an engine that is a swarm worker) is then a skipped row, said
+#                 why, instead of an error
+#   --bin-dir DIR mcp, mcp-master and mcp-agent from DIR (e.g. the debug build), not
+#                 built; default: `cargo build --release --bins` and
+#                 $CARGO_TARGET_DIR/release (else target/release)
+#   --keep        keep the temporary directory (configs, logs) and print its path
+#   RUST_LOG      the fleet's log level (default warn); logs in the temp dir
+# Exit status: 0 measured; 1 a step or a command failed (said on stderr); 2 bad
+# usage or a missing tool or binary.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-runs="${1:-30}"
-target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --bins -q
-tests/fixtures/hello-http/build.sh >/dev/null
-bin="$(cd "$target/release" && pwd)"
-dir="$(mktemp -d /tmp/mcp-bench.XXXXXX)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/serving.sh
+. "$root/bench/lib/serving.sh"
+
+me=deploy-to-serving
+usage() { sed -n '/^# Usage:/,/^# Exit status/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+die() { echo "$me: $*" >&2; exit 1; }
+missing() { echo "$me: $*" >&2; exit 2; }
+
+serving_args 2 30 "$@"
+cd "$root"
+
+serving_tools docker hyperfine curl flock awk sed timeout cc
+serving_binaries "$root" mcp mcp-master mcp-agent
+
+IP=127.0.0.31
+DOCKER_PORT=18031 SWARM_PORT=18032
+SERVICE=bench-serve NODE=servebench
+IMAGE=mcp-test/hello:1
+
+# One run of a deploy benchmark at a time on this machine (fixed addresses and
+# names, one swarm; two runs would measure each other).
+serving_lock
+serving_free $IP:9443 $IP:9444 $IP:$DOCKER_PORT 127.0.0.1:$SWARM_PORT
+
+# --- cleanup, on any exit ------------------------------------------------------
+dir="$(mktemp -d /tmp/mcp-serving-bench.XXXXXX)"
+pids=()           # the agent, then the master
+swarm_ours=0      # we ran `docker swarm init`
+gwbridge_ours=0   # and docker_gwbridge did not exist before
+swarm_skip=""     # why there is no Swarm row
+mcp="$bin_dir/mcp --config $dir/mcp.toml"
 cleanup() {
-    [ -f "$dir/agent.pid" ] && kill "$(cat "$dir/agent.pid")" 2>/dev/null || true
-    [ -f "$dir/master.pid" ] && kill "$(cat "$dir/master.pid")" 2>/dev/null || true
-    docker rm -f mcp.bench-hello.web.bench bench-docker >/dev/null 2>&1 || true
-    sleep 0.3
-    rm -rf "$dir"
+    local rc=$?
+    trap - EXIT INT TERM
+    # The service through the master while it runs, then the processes, then
+    # whatever is left of the containers.
+    if [ -f "$dir/token" ]; then timeout 15 $mcp -q remove "$SERVICE" >/dev/null 2>&1 || true; fi
+    serving_stop
+    local left
+    left="$(docker ps -aq --filter "label=mcp.node=$NODE" --filter "label=mcp.service=$SERVICE" 2>/dev/null || true)"
+    [ -z "$left" ] || docker rm -f $left >/dev/null 2>&1 || true
+    docker rm -f bench-docker >/dev/null 2>&1 || true
+    serving_swarm_down bench-swarm
+    if [ "$keep" = 1 ]; then echo "$me: kept $dir" >&2; else rm -rf "$dir"; fi
+    exit "$rc"
 }
 trap cleanup EXIT
-join_token="$("$bin/mcp-master" init --data-dir "$dir/master" 2>/dev/null)"
-[ -n "$join_token" ] || { echo "deploy-vs-docker-run: mcp-master init printed no join token" >&2; exit 1; }
-hash="$(echo bench-password | "$bin/mcp-master" hash-password)"
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+serving_helpers
+# The measured mcp command: `mcp --json deploy` (which lists the deployed
+# service), the route's published address (the agent picks the port) read from
+# it into $dir/mcp-addr, then until-200 on it; in the shell hyperfine runs every
+# command with, like the docker rows (no extra bash start).
+mcp_deployed="a=\$($mcp --json deploy $dir/serve.toml | sed -n 's/^ *\"address\": \"\([^\"]*\)\".*/\\1/p' | head -1) && [ -n \"\$a\" ] && echo \"\$a\" >$dir/mcp-addr && $dir/until-200 http://\$a/"
+# And before each: `mcp remove`, then until-closed on the last address.
+cat >"$dir/mcp-removed" <<SH
+#!/usr/bin/env bash
+$mcp -q remove "\$1" >/dev/null 2>&1
+[ -s "$dir/mcp-addr" ] || exit 0
+addr="\$(cat "$dir/mcp-addr")"
+exec "$dir/until-closed" "\${addr%:*}" "\${addr##*:}"
+SH
+chmod +x "$dir/mcp-removed"
+
+# --- the fleet -------------------------------------------------------------------
+join_token="$("$bin_dir/mcp-master" init --data-dir "$dir/master" 2>"$dir/init.log")" || { cat "$dir/init.log" >&2; die "mcp-master init failed"; }
+[ -n "$join_token" ] || die "mcp-master init printed no join token"
+hash="$(echo bench-password | "$bin_dir/mcp-master" hash-password)"
 cat >"$dir/master.toml" <<CONF
-node = "bench"
-listen = "127.0.0.31:9443"
+node = "$NODE"
+listen = "$IP:9443"
 data_dir = "$dir/master"
 domain = "metacircular.net"
 heartbeat_interval = "5s"
@@ -36,39 +117,76 @@ password_hash = "$hash"
 role = "admin"
 CONF
 cat >"$dir/agent.toml" <<CONF
-name = "bench"
-master = "127.0.0.31:9443"
-listen = "127.0.0.31:9444"
+name = "$NODE"
+master = "$IP:9443"
+listen = "$IP:9444"
 data_dir = "$dir/agent"
 srv_root = "$dir/srv"
 runtime = "docker"
 join_token = "$join_token"
 CONF
+chmod 600 "$dir/agent.toml"
 cat >"$dir/mcp.toml" <<CONF
-master = "127.0.0.31:9443"
+master = "$IP:9443"
 ca_cert = "$dir/master/ca.pem"
 token_file = "$dir/token"
 CONF
-cat >"$dir/bench-hello.toml" <<CONF
-name = "bench-hello"
+cat >"$dir/serve.toml" <<CONF
+name = "$SERVICE"
+
 [[components]]
 name = "web"
-image = "mcp-test/hello:1"
+image = "$IMAGE"
+
 [[components.routes]]
 name = "http"
 port = 8080
 backend_tls = false
 CONF
-RUST_LOG=warn "$bin/mcp-master" --config "$dir/master.toml" 2>"$dir/master.log" & echo $! >"$dir/master.pid"
-sleep 0.3
-RUST_LOG=warn "$bin/mcp-agent" --config "$dir/agent.toml" 2>"$dir/agent.log" & echo $! >"$dir/agent.pid"
-mcp="$bin/mcp --config $dir/mcp.toml"
-for _ in $(seq 50); do echo bench-password | $mcp -q login --user bench --password-stdin 2>/dev/null && break; sleep 0.1; done
-for _ in $(seq 50); do $mcp node list --json 2>/dev/null | grep -q '"healthy"' && break; sleep 0.1; done
-$mcp node list --json | grep -q '"healthy"' || { echo "deploy-vs-docker-run: the node did not register; logs in $dir" >&2; cat "$dir"/*.log >&2; exit 1; }
-hyperfine --warmup 3 --runs "$runs" --export-markdown "$dir/result.md" \
-    --prepare "$mcp -q remove bench-hello >/dev/null 2>&1 || true" \
-    -n "mcp deploy" "$mcp -q deploy $dir/bench-hello.toml" \
-    --prepare "docker rm -f bench-docker >/dev/null 2>&1 || true" \
-    -n "docker run -d" "docker run -d --name bench-docker -p 127.0.0.31:0:8080 -e MCP_SERVICE=bench mcp-test/hello:1"
+
+log="${RUST_LOG:-warn}"
+serving_start master mcp-master "$dir/master.toml" "$IP:9443"
+serving_start agent mcp-agent "$dir/agent.toml" "$IP:9444"
+serving_login "$mcp" 1
+
+# A first deploy, checked: the published port answers with the service's page.
+sh -c "$mcp_deployed" || die "mcp deploy, or its port, failed; logs in $dir with --keep"
+page="$(curl -s --max-time 2 "http://$(cat "$dir/mcp-addr")/")"
+[[ "$page" == "hello from $SERVICE on $NODE"* ]] || die "the service answered '$page'"
+"$dir/mcp-removed" "$SERVICE" || die "mcp remove, or its port closing, failed"
+
+# --- Swarm -----------------------------------------------------------------------
+serving_swarm_up
+swarm_cmd="docker service create --detach --no-resolve-image --name bench-swarm --stop-grace-period 0s --publish published=$SWARM_PORT,target=8080,mode=host $IMAGE >/dev/null && $dir/until-200 http://127.0.0.1:$SWARM_PORT/"
+if [ -z "$swarm_skip" ]; then
+    # Checked once before it is measured.
+    bash -c "$swarm_cmd" 2>"$dir/swarm.log" || { cat "$dir/swarm.log" >&2; die "docker service create of $IMAGE did not answer on 127.0.0.1:$SWARM_PORT (log above)"; }
+    docker service rm bench-swarm >/dev/null 2>&1 || true
+    "$dir/until-closed" 127.0.0.1 "$SWARM_PORT" bench-swarm || die "the Swarm probe service did not go"
+elif [ "$smoke" = 1 ]; then
+    echo "$me: docker service create: skipped ($swarm_skip)"
+else
+    die "Swarm: $swarm_skip"
+fi
+
+# --- measure -------------------------------------------------------------------------
+args=(
+    --prepare "$dir/mcp-removed $SERVICE"
+    -n "mcp deploy" "$mcp_deployed"
+    --prepare "docker rm -f bench-docker >/dev/null 2>&1; $dir/until-closed $IP $DOCKER_PORT"
+    -n "docker run -d" "docker run -d --name bench-docker -p $IP:$DOCKER_PORT:8080 -e MCP_SERVICE=bench $IMAGE >/dev/null && $dir/until-200 http://$IP:$DOCKER_PORT/"
+)
+if [ -z "$swarm_skip" ]; then
+    args+=(
+        --prepare "docker service rm bench-swarm >/dev/null 2>&1; $dir/until-closed 127.0.0.1 $SWARM_PORT bench-swarm"
+        -n "docker service create" "$swarm_cmd"
+    )
+fi
+echo "$me: $runs runs each after $warmup warm-up; fleet: $bin_dir; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" "${args[@]}" \
+    || die "hyperfine failed (a command did not finish; logs in $dir with --keep)"
+echo
 cat "$dir/result.md"
+echo
+serving_ratios "$dir/result.md" 1.0 ""
+echo "$me: load average after: $(cut -d' ' -f1-3 /proc/loadavg); took $SECONDS s"

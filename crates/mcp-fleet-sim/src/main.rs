@@ -83,8 +83,13 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         probe_timeout_ms: u64,
     },
-    /// RSS of a real, idle mcp-agent (exec runtime) registered with a real master.
-    AgentRss,
+    /// RSS of a real mcp-agent registered with a real master, per runtime: idle,
+    /// then with one service deployed and answering.
+    AgentRss {
+        /// The runtimes to measure, one agent after the other.
+        #[arg(long, value_delimiter = ',', default_value = "exec,docker")]
+        runtimes: Vec<String>,
+    },
     /// Deploys per second end to end: one batch of one-component services placed on
     /// simulated nodes that answer Deploy like an agent (no runtime), from the
     /// request to the last acknowledgement.
@@ -638,7 +643,7 @@ fn main() -> anyhow::Result<()> {
                 services,
                 cold,
             } => deploys::deploys(cli.master_cpu, nodes, services, cold).await,
-            Cmd::AgentRss => agent_rss::agent_rss(cli.master_cpu).await,
+            Cmd::AgentRss { runtimes } => agent_rss::agent_rss(cli.master_cpu, &runtimes).await,
         }
     })
 }

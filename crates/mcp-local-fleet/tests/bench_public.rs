@@ -1,150 +1,16 @@
 //! CI smoke test of `bench/deploy-to-public-serving.sh` (127.0.0.185-186, fixed
-//! ports 9443, 9444, 8443, 18185 and 18186): the script run with `--smoke` against
-//! this build's binaries (`--bin-dir`, so CI builds no release) must exit 0 and
-//! print hyperfine's table with a row, and a number, for each of `mcp deploy`,
-//! `docker run -d` and `docker service create`, and the ratios, so the benchmark
-//! keeps working as the deploy path changes. The Swarm row may be missing only
-//! when the script says the swarm could not be set up (`docker service create:
-//! skipped (...)`). Needs Docker, hyperfine and curl (`.ci/run` installs them).
-//! Runs of the script take turns (a lock on the script file). It cleans up on
-//! exit (the fleet by pid, its containers, the Swarm service, the swarm if it
-//! initialised it); on our deadline it gets SIGTERM, then its process group
-//! SIGKILL.
+//! ports 9443, 9444, 8443, 18185 and 18186): see `support/bench.rs` for what the
+//! run must print. The Swarm service publishes through the routing mesh, or with
+//! `mode=host` where the mesh does not answer.
 
-use std::io::Read as _;
-use std::os::unix::process::CommandExt as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use mcp_local_fleet::Binaries;
-
-/// The smoke run takes about 30 s on an idle 2-CPU machine (10 of them looking
-/// for Swarm's routing mesh); the script may first wait (at most 10 min) for
-/// another run of itself to finish.
-const DEADLINE: Duration = Duration::from_secs(900);
-
-/// bash's own `kill` (no procps needed): `signal("-TERM 123")`.
-fn signal(args: &str) {
-    let _ = Command::new("bash")
-        .args(["-c", &format!("kill {args}")])
-        .status();
-}
-
-/// The mean of a row of hyperfine's markdown table: `| `name` | 360.0 ± 1.2 | ...`.
-fn mean(stdout: &str, name: &str) -> Option<f64> {
-    let prefix = format!("| `{name}` |");
-    let line = stdout.lines().find(|l| l.starts_with(&prefix))?;
-    line.trim_matches('|')
-        .split('|')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
+#[path = "support/bench.rs"]
+mod bench;
 
 #[test]
 fn deploy_to_public_serving_smoke_run_prints_every_row() {
-    let bin = Binaries::find().expect("the binaries");
+    let stdout = bench::smoke_run_prints_every_row("deploy-to-public-serving", &["mc-proxy"]);
     assert!(
-        bin.path("mc-proxy").is_file(),
-        "mc-proxy not found in {}: run `cargo build --workspace --bins` first",
-        bin.dir.display()
+        stdout.contains("swarm publish: "),
+        "no line saying how Swarm publishes:\n{stdout}"
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = root.join("bench/deploy-to-public-serving.sh");
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(&bin.dir)
-        .current_dir(&root)
-        .env_remove("MCP_MASTER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a hung run can be ended as a whole.
-        .process_group(0)
-        .spawn()
-        .expect("run bash bench/deploy-to-public-serving.sh");
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the script") {
-            break Some(status);
-        }
-        if start.elapsed() > DEADLINE {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let Some(status) = status else {
-        // SIGTERM: the script's trap stops what it started, by pid.
-        signal(&format!("-TERM {pid}"));
-        let grace = Instant::now();
-        while child.try_wait().ok().flatten().is_none() && grace.elapsed().as_secs() < 30 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        signal(&format!("-KILL -- -{pid}"));
-        let _ = child.wait();
-        panic!(
-            "the smoke run took over {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default()
-        );
-    };
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(status.success(), "the script failed: {status}\n{context}");
-    // "deploy-to-public-serving: took 31 s": the run after any wait for another.
-    let took: u64 = stdout
-        .split("deploy-to-public-serving: took ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 'took N s' line\n{context}"));
-    assert!(
-        took < 120,
-        "the smoke run took {took} s, meant to be well under two minutes\n{context}"
-    );
-    assert!(
-        stdout.contains("| Command | Mean ["),
-        "no table header\n{context}"
-    );
-    let skipped = stdout
-        .lines()
-        .find(|l| l.starts_with("deploy-to-public-serving: docker service create: skipped ("));
-    let mut rows = vec!["mcp deploy", "docker run -d"];
-    match skipped {
-        Some(line) => eprintln!("{line}"),
-        None => rows.push("docker service create"),
-    }
-    for row in &rows {
-        let ms = mean(&stdout, row).unwrap_or_else(|| panic!("no row '{row}'\n{context}"));
-        assert!(ms > 0.0, "row '{row}': mean {ms}\n{context}");
-    }
-    assert!(
-        stdout.contains("mcp deploy / docker run -d: "),
-        "no ratio against docker run -d\n{context}"
-    );
-    if skipped.is_none() {
-        assert!(
-            stdout.contains("mcp deploy / docker service create: "),
-            "no ratio against docker service create\n{context}"
-        );
-    }
 }
