@@ -12,9 +12,10 @@
 #   CYCLES    default 1000 for exec, 200 for docker; --smoke runs 3 (for CI)
 #   --keep    keep the fleet's directory (logs, agent.db) afterwards
 # Binaries: $MCP_BIN_DIR, else ${CARGO_TARGET_DIR:-target}/release when it holds
-# mcp, mcp-master and mcp-agent, else .../debug. Build them first
-# (`cargo build --release --bins`). Needs 127.0.0.11-14 free (no other `mcp dev`),
-# and sqlite3, ss; for docker, the docker CLI.
+# mcp, mcp-master and mcp-agent, else .../debug, else built here (`cargo build
+# --release --bins`). Needs 127.0.0.11-14 free (no other `mcp dev`),
+# and sqlite3, ss, ps, cc (the hello-http fixture); for docker, the docker CLI
+# and a running engine. A missing one: exit 2, said which.
 #
 # Bounded: every CLI call has a timeout, the fleet gets 60 s to start, the run
 # stops after 20 failed cycles. It only stops processes it started, by PID.
@@ -28,7 +29,7 @@ for a in "$@"; do
     case "$a" in
         --smoke) smoke=1 ;;
         --keep) keep=1 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         -*) echo "soak.sh: unknown option $a" >&2; exit 2 ;;
         *) args+=("$a") ;;
     esac
@@ -48,9 +49,13 @@ if ! [[ "$cycles" =~ ^[0-9]+$ ]] || [ "$cycles" -lt 1 ]; then
     echo "soak.sh: CYCLES must be a positive number, not $cycles" >&2
     exit 2
 fi
-for tool in sqlite3 ss timeout; do
-    command -v "$tool" >/dev/null || { echo "soak.sh: $tool is required" >&2; exit 2; }
+for tool in sqlite3 ss ps timeout cc; do
+    command -v "$tool" >/dev/null || { echo "soak.sh: $tool is required (apt-get install sqlite3 iproute2 procps build-essential)" >&2; exit 2; }
 done
+if [ "$runtime" = docker ]; then
+    command -v docker >/dev/null || { echo "soak.sh: the docker CLI is required for RUNTIME docker" >&2; exit 2; }
+    docker info >/dev/null 2>&1 || { echo "soak.sh: the Docker engine does not answer (docker info)" >&2; exit 2; }
+fi
 
 target="${CARGO_TARGET_DIR:-target}"
 bin="${MCP_BIN_DIR:-}"
@@ -61,6 +66,12 @@ if [ -z "$bin" ]; then
             break
         fi
     done
+fi
+# A fresh checkout: build them, as a user would.
+if [ -z "$bin" ] && command -v cargo >/dev/null; then
+    echo "soak.sh: no binaries in $target/release or $target/debug: cargo build --release --bins" >&2
+    cargo build --release --bins -q || { echo "soak.sh: cargo build --release --bins failed" >&2; exit 2; }
+    bin="$target/release"
 fi
 if [ -z "$bin" ] || [ ! -x "$bin/mcp" ]; then
     echo "soak.sh: no mcp binaries in $target/release or $target/debug: run \`cargo build --release --bins\` or set MCP_BIN_DIR" >&2

@@ -11,8 +11,8 @@ use super::*;
 
 /// The agent's address (127.0.0.62:9444; the master is on 127.0.0.61).
 const AGENT: &str = "127.0.0.62:9444";
-/// Samples of the RSS per state, one a second; the figure is the last, the
-/// peak is VmHWM.
+/// Samples of the RSS per state, one a second; the figure is the last (VmRSS),
+/// the peak is VmHWM.
 const SAMPLES: u32 = 5;
 
 pub(crate) async fn agent_rss(cpu: Option<u32>, runtimes: &[String]) -> anyhow::Result<()> {
@@ -132,8 +132,9 @@ async fn one_runtime(
         return Err(died("exited while measured"));
     }
     println!(
-        "agent-rss: mcp-agent pid {pid}, {runtime} runtime, registered, heartbeating every 1s, idle: RSS {:.1}MiB",
-        mib(idle)
+        "agent-rss: mcp-agent pid {pid}, {runtime} runtime, registered, heartbeating every 1s, idle: RSS {:.1}MiB ({})",
+        mib(idle),
+        split(pid)
     );
 
     let service = format!("rss-hello-{runtime}");
@@ -164,7 +165,7 @@ async fn one_runtime(
                 } else {
                     let sizes: Vec<String> = supervisors
                         .iter()
-                        .map(|p| format!("pid {p} {:.1}MiB", mib(rss(*p))))
+                        .map(|p| format!("pid {p} {:.1}MiB ({})", mib(rss(*p)), split(*p)))
                         .collect();
                     format!(
                         "; its supervisor (mcp-agent supervise): {}",
@@ -172,10 +173,11 @@ async fn one_runtime(
                     )
                 };
                 println!(
-                    "agent-rss: mcp-agent pid {pid}, {runtime} runtime, one service ({service}, answering on {address} {} ms after deploy): RSS {:.1}MiB, peak {:.1}MiB{extra}",
+                    "agent-rss: mcp-agent pid {pid}, {runtime} runtime, one service ({service}, answering on {address} {} ms after deploy): RSS {:.1}MiB ({}), peak {:.1}MiB{extra}",
                     answered.as_millis(),
                     mib(with),
-                    mib(hwm(pid))
+                    split(pid),
+                    mib(status_field(pid, "VmHWM"))
                 );
                 Ok(())
             }
@@ -220,16 +222,28 @@ async fn sample(pid: u32) -> u64 {
     last
 }
 
-/// VmHWM (peak RSS) of a process in bytes.
-fn hwm(pid: u32) -> u64 {
+/// A `/proc/PID/status` field in kB (`VmHWM`, `RssAnon`, `RssFile`), in bytes.
+fn status_field(pid: u32, field: &str) -> u64 {
+    let prefix = format!("{field}:");
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(&prefix))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// What the RSS is made of: the process's own memory (anonymous: heap, stacks)
+/// and the pages of files it maps (mostly the binary's code, clean, shared with
+/// every process of the same binary, and given back under memory pressure).
+fn split(pid: u32) -> String {
+    format!(
+        "anonymous {:.1}MiB, file-backed {:.1}MiB",
+        mib(status_field(pid, "RssAnon")),
+        mib(status_field(pid, "RssFile"))
+    )
 }
 
 /// The agent's exec supervisors: processes whose command line is
