@@ -141,15 +141,36 @@ impl std::fmt::Display for Why {
 /// copy with desired state beats bare instances, then the node name decides (so every
 /// caller agrees). None when no node reports the service.
 pub fn newest<'a>(nodes: &'a [NodeFacts], service: &str) -> Option<(&'a NodeFacts, &'a Copy)> {
-    nodes
+    top(nodes
         .iter()
         .flat_map(|n| n.copies.iter().map(move |c| (n, c)))
-        .filter(|(_, c)| c.service == service)
-        .max_by(|(na, a), (nb, b)| {
-            (a.generation, a.desired)
-                .cmp(&(b.generation, b.desired))
-                .then_with(|| nb.name.cmp(&na.name))
-        })
+        .filter(|(_, c)| c.service == service))
+}
+
+/// The newest of copies of one service, as [`newest`] orders them.
+fn top<'a>(
+    copies: impl Iterator<Item = (&'a NodeFacts, &'a Copy)>,
+) -> Option<(&'a NodeFacts, &'a Copy)> {
+    copies.max_by(|(na, a), (nb, b)| {
+        (a.generation, a.desired)
+            .cmp(&(b.generation, b.desired))
+            .then_with(|| nb.name.cmp(&na.name))
+    })
+}
+
+/// Every copy of every service, by service name, in node order: one pass, so a
+/// projection over all services is not one scan of the fleet per service.
+fn by_service(world: &World) -> BTreeMap<&str, Vec<(&NodeFacts, &Copy)>> {
+    let mut services: BTreeMap<&str, Vec<(&NodeFacts, &Copy)>> = BTreeMap::new();
+    for node in &world.nodes {
+        for copy in &node.copies {
+            services
+                .entry(copy.service.as_str())
+                .or_default()
+                .push((node, copy));
+        }
+    }
+    services
 }
 
 /// Is `copy` of `service` at or below an operator's removal of it?
@@ -163,14 +184,9 @@ pub fn removed(world: &World, service: &str, copy: &Copy) -> bool {
 /// The copy each wanted service is known by (its newest, holding desired state, not
 /// removed), with its node, by service name: what every projection derives from.
 pub fn wanted(world: &World) -> Vec<(&NodeFacts, &Copy)> {
-    let services: BTreeSet<&str> = world
-        .nodes
-        .iter()
-        .flat_map(|n| n.copies.iter().map(|c| c.service.as_str()))
-        .collect();
-    services
-        .into_iter()
-        .filter_map(|service| newest(&world.nodes, service))
+    by_service(world)
+        .into_values()
+        .filter_map(|copies| top(copies.into_iter()))
         .filter(|(_, top)| top.desired && !removed(world, &top.service, top))
         .collect()
 }
@@ -189,45 +205,39 @@ pub fn plan(world: &World) -> Vec<Action> {
 /// cannot know which is right.
 fn plan_copies(world: &World) -> Vec<Action> {
     let mut actions = Vec::new();
-    let services: BTreeSet<&str> = world
-        .nodes
-        .iter()
-        .flat_map(|n| n.copies.iter().map(|c| c.service.as_str()))
-        .collect();
-    for service in &services {
+    let services = by_service(world);
+    for (service, copies) in &services {
         let removed_at = world.removed.get(*service).copied();
-        let Some((top_node, top)) = newest(&world.nodes, service) else {
+        let Some((top_node, top)) = top(copies.iter().copied()) else {
             continue;
         };
-        for node in &world.nodes {
-            for copy in node.copies.iter().filter(|c| c.service == *service) {
-                let why = match removed_at {
-                    Some(at) if copy.generation <= at => Why::Removed,
-                    _ if std::ptr::eq(copy, top) => continue,
-                    _ if routes::still_routed(world, copy) => continue,
-                    _ if copy.generation < top.generation
-                        || (copy.generation == top.generation && !copy.desired && top.desired) =>
-                    {
-                        Why::Superseded {
-                            by_node: top_node.name.clone(),
-                            by_generation: top.generation,
-                        }
+        for &(node, copy) in copies {
+            let why = match removed_at {
+                Some(at) if copy.generation <= at => Why::Removed,
+                _ if std::ptr::eq(copy, top) => continue,
+                _ if routes::still_routed(world, copy) => continue,
+                _ if copy.generation < top.generation
+                    || (copy.generation == top.generation && !copy.desired && top.desired) =>
+                {
+                    Why::Superseded {
+                        by_node: top_node.name.clone(),
+                        by_generation: top.generation,
                     }
-                    _ => continue,
-                };
-                if node.answers {
-                    actions.push(Action::RemoveCopy {
-                        service: service.to_string(),
-                        node: node.name.clone(),
-                        generation: copy.generation,
-                        why,
-                    });
                 }
+                _ => continue,
+            };
+            if node.answers {
+                actions.push(Action::RemoveCopy {
+                    service: service.to_string(),
+                    node: node.name.clone(),
+                    generation: copy.generation,
+                    why,
+                });
             }
         }
     }
     for service in world.removed.keys() {
-        if !services.contains(service.as_str()) {
+        if !services.contains_key(service.as_str()) {
             actions.push(Action::ForgetRemoval {
                 service: service.clone(),
             });
