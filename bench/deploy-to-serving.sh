@@ -20,7 +20,8 @@
 # service uses the local image (`--no-resolve-image`: nothing is pulled) and
 # publishes with `mode=host` (docker-proxy on the node, as `docker run -p`; the
 # ingress routing mesh is the public benchmark's business). Prints hyperfine's
-# markdown table and the ratios (goal: `mcp deploy` at most 1.0x `docker run -d`).
+# markdown table, the ratios (goal: `mcp deploy` at most 1.0x `docker run -d`)
+# and, with python3, each row's median.
 #
 # Usage: bench/deploy-to-serving.sh [--smoke] [--bin-dir DIR] [--keep] [RUNS]
 #   RUNS          timed runs of each command (default 30, after 3 warm-up runs)
@@ -183,10 +184,15 @@ if [ -z "$swarm_skip" ]; then
     )
 fi
 echo "$me: $runs runs each after $warmup warm-up; fleet: $bin_dir; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" "${args[@]}" \
+hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" --export-json "$dir/result.json" "${args[@]}" \
     || die "hyperfine failed (a command did not finish; logs in $dir with --keep)"
 echo
 cat "$dir/result.md"
 echo
 serving_ratios "$dir/result.md" 1.0 ""
+# Medians beside the means (a loaded machine's outliers move a mean more).
+if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import json, sys
+print("medians: " + ", ".join("%s %.1f ms" % (r["command"], r["median"] * 1000) for r in json.load(open(sys.argv[1]))["results"]))' "$dir/result.json"
+fi
 echo "$me: load average after: $(cut -d' ' -f1-3 /proc/loadavg); took $SECONDS s"
