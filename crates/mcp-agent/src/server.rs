@@ -208,6 +208,7 @@ impl Agent for AgentService {
                             component: component.clone(),
                             stream: c.stream.to_string(),
                             data: c.data,
+                            node: String::new(),
                         })
                         .map_err(|e| Status::internal(format!("{e:#}")))
                 })

@@ -21,7 +21,7 @@ use mcp_types::ServiceDef;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::service::{from_agent, MasterService};
+use crate::service::MasterService;
 use crate::state::Placing;
 
 impl MasterService {
@@ -301,17 +301,27 @@ impl MasterService {
         } = p;
         let registry = &self.state.registry;
         let _placing = Placing::new(&self.state, &def.name, &target);
-        let mut stream = client
-            .deploy(agent::DeployRequest {
-                service: Some(agent::ServiceSpec::from(&def)),
-                generation,
-            })
+        // A live agent answers at once (the deploy runs behind its stream): one that
+        // does not within the probe timeout is frozen or gone, and the operator hears
+        // so now rather than when the connection's keepalive gives up.
+        let bound = self.state.config.probe_timeout.max(Duration::from_secs(2));
+        let call = client.deploy(agent::DeployRequest {
+            service: Some(agent::ServiceSpec::from(&def)),
+            generation,
+        });
+        let mut stream = tokio::time::timeout(bound, call)
             .await
-            .map_err(|s| from_agent(&target, s))?
+            .map_err(|_| {
+                self.agent_error(
+                    &target,
+                    Status::deadline_exceeded(format!("no answer within {bound:?}")),
+                )
+            })?
+            .map_err(|s| self.agent_error(&target, s))?
             .into_inner();
         let mut done = None;
         while let Some(item) = stream.next().await {
-            let mut event = item.map_err(|s| from_agent(&target, s))?;
+            let mut event = item.map_err(|s| self.agent_error(&target, s))?;
             if let Some(agent::deploy_event::Event::Done(status)) = &mut event.event {
                 done = Some(status.clone());
                 registry.with_urls(std::slice::from_mut(status));

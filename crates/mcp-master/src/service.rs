@@ -20,24 +20,62 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::registry::NodeEntry;
 use crate::state::MasterState;
 
+/// How long a fleet-wide read (`mcp list`, `ps`, `status`) waits for the nodes'
+/// fresh state before it answers with what they last reported.
+pub const READ_BOUND: Duration = Duration::from_millis(500);
+
 /// The service implementation.
 #[derive(Clone)]
 pub struct MasterService {
     pub state: Arc<MasterState>,
 }
 
-/// An agent's error as the operator should see it. The CLI reads `Unavailable` as "the
-/// master could not be reached", so an unreachable agent becomes FailedPrecondition.
-pub fn from_agent(node: &str, status: Status) -> Status {
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded => {
-            Status::failed_precondition(format!("node {node} did not answer: {}", status.message()))
+/// An agent's error as the operator should see it, named by node and, when the node
+/// did not answer, with its state as the master sees it (`seen`). The CLI takes its
+/// exit code from the code alone (SPEC §10): Unavailable means the master could not
+/// be reached, Unauthenticated/PermissionDenied that it refused the operator, and
+/// InvalidArgument an invalid definition. None of those is true of a node that did not
+/// answer or refused what the master (which checked the definition) sent: they become
+/// FailedPrecondition, an operation failure.
+pub fn agent_status(node: &str, seen: &str, status: Status) -> Status {
+    let message = status.message();
+    // A status the master's own transport made (the call to the agent broke or timed
+    // out) carries the error it came from; one the agent sent never does.
+    let local = std::error::Error::source(&status).is_some();
+    let code = status.code();
+    if local
+        || matches!(
+            code,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        )
+    {
+        return Status::failed_precondition(format!(
+            "node {node} ({seen}) did not answer: {message}"
+        ));
+    }
+    match code {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            Status::failed_precondition(format!("node {node} refused the master: {message}"))
         }
-        Code::Unauthenticated | Code::PermissionDenied => Status::failed_precondition(format!(
-            "node {node} refused the master: {}",
-            status.message()
-        )),
-        code => Status::new(code, format!("node {node}: {}", status.message())),
+        Code::InvalidArgument => {
+            Status::failed_precondition(format!("node {node} refused it: {message}"))
+        }
+        code => Status::new(code, format!("node {node}: {message}")),
+    }
+}
+
+impl MasterService {
+    /// [`agent_status`] for `node`, with its state and last heartbeat as seen now.
+    pub(crate) fn agent_error(&self, node: &str, status: Status) -> Status {
+        let seen = match self.state.registry.node(node) {
+            Some(n) => format!(
+                "{}, last heartbeat {:.1} s ago",
+                n.state.as_str(),
+                n.last_heartbeat.elapsed().as_secs_f64()
+            ),
+            None => "no longer registered".to_string(),
+        };
+        agent_status(node, &seen, status)
     }
 }
 
@@ -105,33 +143,51 @@ impl MasterService {
             .map_err(Status::failed_precondition)
     }
 
-    /// Asks every worker for its services, concurrently; a node that does not answer,
-    /// or whose agent lacks ListServices, keeps what it last reported.
-    async fn refresh(&self) {
-        let nodes = self.state.registry.nodes();
-        let calls = nodes
+    /// Asks every healthy worker for its services, concurrently, for at most
+    /// [`READ_BOUND`] (the probe timeout if shorter): a fleet-wide read answers from
+    /// the master's view at once rather than wait on a node that hangs. A node that
+    /// does not answer in time, whose agent lacks ListServices, or that is not
+    /// healthy keeps what it last reported (its heartbeats' digest keeps that within
+    /// a heartbeat of the truth) and is returned, sorted, so the reply can say so.
+    async fn refresh(&self) -> Vec<String> {
+        let bound = READ_BOUND.min(self.state.config.probe_timeout);
+        let workers: Vec<NodeEntry> = self
+            .state
+            .registry
+            .nodes()
             .into_iter()
-            .filter(|n| {
-                n.role == mcp_types::Role::Worker && n.state != mcp_types::Health::Unhealthy
-            })
+            .filter(|n| n.role == mcp_types::Role::Worker)
+            .collect();
+        let mut unanswered: Vec<String> = workers
+            .iter()
+            .filter(|n| n.state != mcp_types::Health::Healthy)
+            .map(|n| n.name.clone())
+            .collect();
+        let calls = workers
+            .into_iter()
+            .filter(|n| n.state == mcp_types::Health::Healthy)
             .map(|n| async move {
                 let Ok(mut client) = self.client(&n.name, "ListServices") else {
                     return (n.name, None);
                 };
                 let reply = tokio::time::timeout(
-                    self.state.config.probe_timeout.max(Duration::from_secs(2)),
+                    bound,
                     client.list_services(agent::ListServicesRequest {}),
                 )
                 .await;
-                (n.name, Some(reply))
+                match reply {
+                    Ok(Ok(reply)) => (n.name, Some(reply.into_inner().services)),
+                    _ => (n.name, None),
+                }
             });
         for (name, reply) in futures_util::future::join_all(calls).await {
-            if let Some(Ok(Ok(reply))) = reply {
-                self.state
-                    .registry
-                    .set_services(&name, reply.into_inner().services);
+            match reply {
+                Some(services) => self.state.registry.set_services(&name, services),
+                None => unanswered.push(name),
             }
         }
+        unanswered.sort();
+        unanswered
     }
 
     async fn lifecycle(
@@ -152,7 +208,7 @@ impl MasterService {
             "Start" => client.start(request).await,
             _ => client.restart(request).await,
         }
-        .map_err(|s| from_agent(&node.name, s))?
+        .map_err(|s| self.agent_error(&node.name, s))?
         .into_inner();
         let status = reply
             .status
@@ -329,7 +385,7 @@ impl Master for MasterService {
                 generation: None,
             })
             .await
-            .map_err(|s| from_agent(&node.name, s))?;
+            .map_err(|s| self.agent_error(&node.name, s))?;
         self.state.registry.set_service(&node.name, &service, None);
         self.state
             .registry
@@ -353,7 +409,7 @@ impl Master for MasterService {
         &self,
         _request: Request<wire::ListRequest>,
     ) -> Result<Response<wire::ListReply>, Status> {
-        self.refresh().await;
+        let unanswered = self.refresh().await;
         let mut services: Vec<agent::ServiceStatus> = self
             .state
             .registry
@@ -363,7 +419,10 @@ impl Master for MasterService {
             .collect();
         services.sort_by(|a, b| (&a.name, &a.node).cmp(&(&b.name, &b.node)));
         self.state.registry.with_urls(&mut services);
-        Ok(Response::new(wire::ListReply { services }))
+        Ok(Response::new(wire::ListReply {
+            services,
+            unanswered,
+        }))
     }
 
     async fn status(
@@ -371,7 +430,7 @@ impl Master for MasterService {
         request: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::StatusReply>, Status> {
         let r = request.into_inner();
-        self.refresh().await;
+        let unanswered = self.refresh().await;
         let nodes: Vec<NodeEntry> = self.state.registry.nodes();
         let mut services: Vec<agent::ServiceStatus> =
             nodes.iter().flat_map(|n| n.services.clone()).collect();
@@ -424,6 +483,7 @@ impl Master for MasterService {
             services,
             events,
             names,
+            unanswered,
         }))
     }
 
@@ -444,11 +504,16 @@ impl Master for MasterService {
                 tail: r.tail,
             })
             .await
-            .map_err(|s| from_agent(&name, s))?
+            .map_err(|s| self.agent_error(&name, s))?
             .into_inner();
-        Ok(Response::new(Box::pin(
-            stream.map(move |item| item.map_err(|s| from_agent(&name, s))),
-        )))
+        let this = self.clone();
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            item.map(|mut chunk| {
+                chunk.node.clone_from(&name);
+                chunk
+            })
+            .map_err(|s| this.agent_error(&name, s))
+        }))))
     }
 
     async fn list_nodes(
@@ -474,5 +539,43 @@ impl Master for MasterService {
         Ok(Response::new(wire::ListRoutesReply {
             routes: crate::reconcile::routes_view(&world, &failing),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_errors_never_read_as_the_masters_own() {
+        let seen = "healthy, last heartbeat 0.5 s ago";
+        for status in [
+            Status::unavailable("connection refused"),
+            Status::deadline_exceeded("slow"),
+            Status::cancelled("Timeout expired"),
+            Status::from_error(Box::new(std::io::Error::other("transport error"))),
+        ] {
+            let mapped = agent_status("orion", seen, status);
+            assert_eq!(mapped.code(), Code::FailedPrecondition);
+            assert!(
+                mapped
+                    .message()
+                    .starts_with("node orion (healthy, last heartbeat 0.5 s ago) did not answer"),
+                "{mapped:?}"
+            );
+        }
+        for status in [
+            Status::unauthenticated("x"),
+            Status::permission_denied("x"),
+            Status::invalid_argument("x"),
+        ] {
+            assert_eq!(
+                agent_status("orion", seen, status).code(),
+                Code::FailedPrecondition
+            );
+        }
+        let kept = agent_status("orion", seen, Status::not_found("no service"));
+        assert_eq!(kept.code(), Code::NotFound);
+        assert_eq!(kept.message(), "node orion: no service");
     }
 }

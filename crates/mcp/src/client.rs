@@ -46,6 +46,21 @@ pub fn token_file(ctx: &Ctx) -> Result<PathBuf, CliError> {
     }
 }
 
+/// The master's `host:port` from `host:port` or `https://host:port` (SPEC §10); the
+/// master speaks TLS only, so `http://` is refused.
+pub fn master_address(given: &str) -> Result<&str, CliError> {
+    let given = given.trim();
+    if let Some(rest) = given.strip_prefix("https://") {
+        return Ok(rest.trim_end_matches('/'));
+    }
+    if given.contains("://") {
+        return Err(CliError::usage(format!(
+            "master address {given:?}: expected host:port or https://host:port"
+        )));
+    }
+    Ok(given)
+}
+
 /// A TLS channel to the master, verified against the fleet CA.
 pub async fn channel(ctx: &Ctx) -> Result<Channel, CliError> {
     let address = ctx.master.as_deref().ok_or_else(|| {
@@ -53,6 +68,7 @@ pub async fn channel(ctx: &Ctx) -> Result<Channel, CliError> {
             "no master address: pass --master, set MCP_MASTER, or set `master` in the CLI config",
         )
     })?;
+    let address = master_address(address)?;
     let ca_path = ctx.config.ca_cert.as_ref().map(|p| ctx.resolve(p)).ok_or_else(|| {
         CliError::usage("no ca_cert in the CLI config: point it at the fleet CA (ca.pem in the master's data dir)")
     })?;

@@ -10,7 +10,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::error::CliError;
 
@@ -21,7 +21,8 @@ use crate::error::CliError;
     about = "Metacircular Control Plane: deploy and run services across a fleet"
 )]
 struct Cli {
-    /// The master's address (host:port); else MCP_MASTER; else the config's `master`.
+    /// The master's address (host:port or https://host:port); else MCP_MASTER; else
+    /// the config's `master`.
     #[arg(long, global = true, env = "MCP_MASTER")]
     master: Option<String>,
     /// The CLI config file [default: ~/.config/mcp/mcp.toml].
@@ -47,7 +48,7 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Drop the token.
+    /// Drop the local token.
     Logout,
     /// Deploy or update services from definition files, directories or names.
     Deploy {
@@ -60,7 +61,8 @@ enum Command {
     Start { service: String },
     /// Restart a service.
     Restart { service: String },
-    /// Remove a service, its routes, DNS records and certificates.
+    /// Remove a service: its containers, data directory, internal certificate, edge
+    /// routes and DNS records.
     Remove { service: String },
     /// Services: node, tier, components running/desired, routes.
     List,
@@ -112,6 +114,25 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Shell completions on stdout, e.g. `mcp completions bash > /etc/bash_completion.d/mcp`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Writes the man pages (mcp.1, mcp-deploy.1, ...) into DIR (the repository's man/).
+    #[command(hide = true)]
+    Man {
+        #[arg(default_value = "man")]
+        dir: PathBuf,
+    },
+}
+
+/// The shells `mcp completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -180,26 +201,101 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json;
-    let result = run(cli);
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": e.message, "code": e.code})
-                );
+                println!("{}", e.to_json());
             } else {
                 eprintln!("mcp: {}", e.message);
             }
-            ExitCode::from(e.code)
+            ExitCode::from(e.code())
         }
     }
 }
 
+/// A command line clap refused (or `--help`, `--version`): with `--json` anywhere on
+/// it, the SPEC §10 error object on stdout, exit 2; else clap's own text.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json {
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    let text = e.render().to_string();
+    // clap's first line, without its "error: " prefix; the usage hint follows.
+    let message = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad usage")
+        .trim_start_matches("error: ")
+        .to_string();
+    println!("{}", CliError::usage(message).to_json());
+    ExitCode::from(2)
+}
+
+/// Writes the man page of `command` and of each of its subcommands into `dir`.
+fn write_man_pages(command: &clap::Command, dir: &std::path::Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::failed(format!("create {}: {e}", dir.display())))?;
+    for (name, page) in man_pages(command)? {
+        let path = dir.join(name);
+        std::fs::write(&path, page)
+            .map_err(|e| CliError::failed(format!("write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// (file name, roff text) of `mcp.1` and of one page per visible subcommand
+/// (`mcp-node-list.1`, ...), as `clap_mangen::generate_to` names them.
+fn man_pages(command: &clap::Command) -> Result<Vec<(String, Vec<u8>)>, CliError> {
+    fn walk(command: &clap::Command, pages: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+        let man = clap_mangen::Man::new(command.clone());
+        let mut page = Vec::new();
+        man.render(&mut page)?;
+        pages.push((man.get_filename(), page));
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            walk(sub, pages)?;
+        }
+        Ok(())
+    }
+    let mut command = command.clone().disable_help_subcommand(true);
+    command.build();
+    let mut pages = Vec::new();
+    walk(&command, &mut pages).map_err(|e| CliError::failed(format!("render man pages: {e}")))?;
+    Ok(pages)
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Completions { shell } = &cli.command {
+        let shell = match shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        };
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "mcp", &mut script);
+        use std::io::Write as _;
+        // A reader that went away (`| head`) is not a failure.
+        let _ = std::io::stdout().write_all(&script);
+        return Ok(());
+    }
+    if let Command::Man { dir } = &cli.command {
+        return write_man_pages(&Cli::command(), dir);
+    }
     let (config, config_dir) = config::Config::load(cli.config.as_deref())?;
     let ctx = Ctx {
         json: cli.json,
@@ -274,7 +370,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 };
                 cmd::dev::run(&ctx, options).await
             }
-            Command::Validate { .. } => Ok(()),
+            Command::Validate { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
         }
     })
 }

@@ -101,6 +101,34 @@ fn running_count(s: &ServiceStatus) -> usize {
         .count()
 }
 
+/// Adds `"stale": true|false` to each object of a `list`/`ps` array: true when its
+/// `node` did not answer the read, so the entry is as that node last reported it.
+pub fn mark_stale(value: &mut Value, unanswered: &[String]) {
+    for entry in value.as_array_mut().into_iter().flatten() {
+        let stale = entry["node"]
+            .as_str()
+            .is_some_and(|n| unanswered.iter().any(|u| u == n));
+        if let Some(map) = entry.as_object_mut() {
+            map.insert("stale".to_string(), Value::Bool(stale));
+        }
+    }
+}
+
+/// For the tables: one line per node whose rows are as it last reported them.
+pub fn unanswered_note(unanswered: &[String]) -> Option<String> {
+    (!unanswered.is_empty()).then(|| {
+        format!(
+            "note: {} did not answer now; {} services are shown as last reported",
+            unanswered.join(", "),
+            if unanswered.len() == 1 {
+                "its"
+            } else {
+                "their"
+            }
+        )
+    })
+}
+
 /// `list --json`: one object per service.
 pub fn list_json(services: &[ServiceStatus]) -> Value {
     Value::Array(

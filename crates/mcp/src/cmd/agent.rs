@@ -877,7 +877,7 @@ mod tests {
         assert!(check_elf(&arm64, Arch::Arm64, "--binary").is_ok());
         assert!(check_elf(&script, Arch::Arm64, "--binary").is_ok());
         let e = check_elf(&amd64, Arch::Arm64, "--binary-arm64").unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.code(), 2);
         assert!(e.message.contains("built for amd64"), "{}", e.message);
     }
 

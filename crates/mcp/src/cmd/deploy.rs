@@ -36,16 +36,27 @@ fn files_of(ctx: &Ctx, target: &str) -> Result<Vec<PathBuf>, CliError> {
         }
         return Ok(files);
     }
+    // A bare name (no `/`, no `.toml`) may be `services/NAME.toml` beside the config.
     if mcp_types::name::check_dns_label(target).is_ok() {
-        if let Some(dir) = &ctx.config_dir {
-            let candidate = dir.join("services").join(format!("{target}.toml"));
+        let candidate = ctx
+            .config_dir
+            .as_ref()
+            .map(|dir| dir.join("services").join(format!("{target}.toml")));
+        if let Some(candidate) = &candidate {
             if candidate.is_file() {
-                return Ok(vec![candidate]);
+                return Ok(vec![candidate.clone()]);
             }
         }
+        let beside = candidate.map_or_else(
+            || "services/ beside the CLI config".to_string(),
+            |c| c.display().to_string(),
+        );
+        return Err(CliError::usage(format!(
+            "{target}: no such file or directory, and no {beside}"
+        )));
     }
     Err(CliError::usage(format!(
-        "{target}: no such file or directory, and no services/{target}.toml beside the CLI config"
+        "{target}: no such file or directory"
     )))
 }
 
@@ -69,7 +80,7 @@ pub async fn run(ctx: &Ctx, targets: &[String]) -> Result<(), CliError> {
         }
     }
     if !problems.is_empty() {
-        return Err(CliError::usage(problems.join("\n")));
+        return Err(CliError::invalid(problems.join("\n")));
     }
     let mut master = client::master(ctx).await?;
     let mut stream = master

@@ -7,11 +7,16 @@ use crate::{client, output, Ctx};
 
 pub async fn run(ctx: &Ctx) -> Result<(), CliError> {
     let mut master = client::master(ctx).await?;
-    let services = master.list(ListRequest {}).await?.into_inner().services;
+    let reply = master.list(ListRequest {}).await?.into_inner();
     if ctx.json {
-        ctx.print_json(&output::ps_json(&services));
+        let mut value = output::ps_json(&reply.services);
+        output::mark_stale(&mut value, &reply.unanswered);
+        ctx.print_json(&value);
     } else if !ctx.quiet {
-        print!("{}", output::ps_table(&services));
+        print!("{}", output::ps_table(&reply.services));
+        if let Some(note) = output::unanswered_note(&reply.unanswered) {
+            eprintln!("{note}");
+        }
     }
     Ok(())
 }

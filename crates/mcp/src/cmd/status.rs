@@ -20,11 +20,13 @@ pub async fn run(ctx: &Ctx, service: Option<String>) -> Result<(), CliError> {
                 "services": reply.services.iter().map(output::service_json).collect::<Vec<_>>(),
                 "events": reply.events.iter().map(output::event_json).collect::<Vec<_>>(),
                 "names": reply.names,
+                "unanswered": reply.unanswered,
             }),
             None => json!({
                 "nodes": reply.nodes.iter().map(output::node_json).collect::<Vec<_>>(),
                 "services": reply.services.iter().map(output::service_json).collect::<Vec<_>>(),
                 "events": reply.events.iter().map(output::event_json).collect::<Vec<_>>(),
+                "unanswered": reply.unanswered,
             }),
         };
         ctx.print_json(&value);
@@ -85,6 +87,10 @@ pub async fn run(ctx: &Ctx, service: Option<String>) -> Result<(), CliError> {
             &rows
         )
     );
+    if let Some(note) = output::unanswered_note(&reply.unanswered) {
+        println!();
+        println!("{note}");
+    }
     if !reply.names.is_empty() {
         println!();
         println!("internal names:");

@@ -39,6 +39,6 @@ pub fn run(ctx: &Ctx, files: &[std::path::PathBuf]) -> Result<(), CliError> {
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(CliError::usage(bad.join("\n")))
+        Err(CliError::invalid(bad.join("\n")))
     }
 }
