@@ -262,6 +262,7 @@ pub(crate) async fn deploys(
         definitions: (0..services).map(definition).collect(),
     };
     let cpu0 = cpu_seconds(master.pid());
+    let own0 = cpu_seconds(std::process::id());
     let t0 = Instant::now();
     let mut stream = client.deploy(request).await?.into_inner();
     let (mut placed, mut done, mut failed) = (0usize, 0usize, Vec::new());
@@ -296,6 +297,7 @@ pub(crate) async fn deploys(
     }
     let ended = t0.elapsed();
     let cpu_used = cpu_seconds(master.pid()) - cpu0;
+    let own_used = cpu_seconds(std::process::id()) - own0;
     let _ = stop.send(true);
     if done != services {
         bail!(
@@ -310,7 +312,7 @@ pub(crate) async fn deploys(
     }
     let secs = last_done.as_secs_f64();
     println!(
-        "deploys: nodes={nodes} services={services}{} placed and acknowledged in {:.3} s: {:.0} services/s (first placed {:.0} ms, all placed {:.0} ms, stream ended {:.0} ms) master_cpu={:.2} s ({:.0}% of one core, {:.0} us per service) master_rss={:.1}MiB",
+        "deploys: nodes={nodes} services={services}{} placed and acknowledged in {:.3} s: {:.0} services/s (first placed {:.0} ms, all placed {:.0} ms, stream ended {:.0} ms) master_cpu={:.2} s ({:.0}% of one core, {:.0} us per service) master_rss={:.1}MiB sim_cpu={:.0}% of one core",
         if cold { " (cold: no connections yet)" } else { "" },
         secs,
         services as f64 / secs.max(1e-9),
@@ -321,6 +323,7 @@ pub(crate) async fn deploys(
         100.0 * cpu_used / ended.as_secs_f64().max(1e-9),
         1e6 * cpu_used / services as f64,
         mib(rss(master.pid())),
+        100.0 * own_used / ended.as_secs_f64().max(1e-9),
     );
     Ok(())
 }
