@@ -61,8 +61,8 @@ enum Command {
     Start { service: String },
     /// Restart a service.
     Restart { service: String },
-    /// Remove a service: its containers, data directory, internal certificate, edge
-    /// routes and DNS records.
+    /// Remove a service: its containers or processes, internal certificate, edge routes
+    /// and DNS records.
     Remove { service: String },
     /// Services: node, tier, components running/desired, routes.
     List,
@@ -373,4 +373,37 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Validate { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// man/ holds exactly the pages the clap definitions give (`mcp man man`).
+    #[test]
+    fn man_pages_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../man");
+        let pages = man_pages(&Cli::command()).unwrap();
+        let fix = "run `cargo run -p mcp -- man man` from the repository root";
+        for (name, page) in &pages {
+            let on_disk = std::fs::read(dir.join(name)).unwrap_or_default();
+            assert!(on_disk == *page, "man/{name} is missing or stale: {fix}");
+        }
+        let mut want: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        want.sort_unstable();
+        let mut have: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".1"))
+            .collect();
+        have.sort_unstable();
+        assert_eq!(have, want, "man/ has pages of no command: {fix}");
+    }
 }

@@ -36,17 +36,35 @@ fn answers(socket: &Path) -> bool {
     reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
 }
 
-/// Docker when its socket answers, else Podman, else the exec driver.
+/// The Podman sockets to try: rootful, then the user's rootless one
+/// (`$XDG_RUNTIME_DIR/podman/podman.sock`).
+fn podman_sockets() -> Vec<PathBuf> {
+    let mut sockets = vec![PathBuf::from("/run/podman/podman.sock")];
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        sockets.push(PathBuf::from(dir).join("podman/podman.sock"));
+    }
+    sockets
+}
+
+/// Docker when its socket answers, else Podman (rootful, then rootless), else the
+/// exec driver.
 fn pick_runtime() -> (String, Option<PathBuf>) {
-    for (name, socket) in [
-        ("docker", "/var/run/docker.sock"),
-        ("podman", "/run/podman/podman.sock"),
-    ] {
-        if answers(Path::new(socket)) {
-            return (name.to_string(), Some(PathBuf::from(socket)));
-        }
+    let docker = PathBuf::from("/var/run/docker.sock");
+    if answers(&docker) {
+        return ("docker".to_string(), Some(docker));
+    }
+    if let Some(socket) = podman_sockets().into_iter().find(|s| answers(s)) {
+        return ("podman".to_string(), Some(socket));
     }
     ("exec".to_string(), None)
+}
+
+/// `--runtime podman`: the Podman socket that answers [default: the rootful one].
+fn podman_socket() -> PathBuf {
+    podman_sockets()
+        .into_iter()
+        .find(|s| answers(s))
+        .unwrap_or_else(|| PathBuf::from("/run/podman/podman.sock"))
 }
 
 pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
@@ -69,10 +87,7 @@ pub async fn run(ctx: &Ctx, options: DevOptions) -> Result<(), CliError> {
             "docker".to_string(),
             Some(PathBuf::from("/var/run/docker.sock")),
         ),
-        Some("podman") => (
-            "podman".to_string(),
-            Some(PathBuf::from("/run/podman/podman.sock")),
-        ),
+        Some("podman") => ("podman".to_string(), Some(podman_socket())),
         Some("exec") => ("exec".to_string(), None),
         Some(other) => {
             return Err(CliError::usage(format!(
