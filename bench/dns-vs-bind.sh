@@ -27,9 +27,9 @@
 #   --duration  seconds per measurement (default 10; --smoke: 1)
 #   --services  services in the zone (default 10000; --smoke: 200)
 #   --rate      the latency measurement's rate (default 20000; --smoke: 2000)
-#   --bench     the dns_bench binary (default $CARGO_TARGET_DIR/release/examples/dns_bench,
-#               else target/release/examples/dns_bench); build it with
-#               `cargo build --release -p mcp-master --example dns_bench`
+#   --bench     the dns_bench binary, not built; default: `cargo build --release
+#               -p mcp-master --example dns_bench` and
+#               $CARGO_TARGET_DIR/release/examples/dns_bench (else target/release/...)
 #   --keep      keep the temporary directory (zone, queries, configs, logs)
 # Exit status: 0 both measured and answering right; 1 a server failed to start or
 # answered wrongly; 2 bad usage or a missing tool or binary.
@@ -41,7 +41,7 @@ usage() { sed -n '/^# Usage:/,/^# Exit status/p' "${BASH_SOURCE[0]}" | sed 's/^#
 die() { echo "$me: $*" >&2; exit 1; }
 missing() { echo "$me: $*" >&2; exit 2; }
 
-smoke=0 duration="" services="" rate="" bench="" keep=0
+smoke=0 duration="" services="" rate="" bench="" keep=0 build=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) smoke=1 ;;
@@ -61,6 +61,7 @@ else
     target="${CARGO_TARGET_DIR:-target}"
     [[ "$target" = /* ]] || target="$root/$target"
     bench="$target/release/examples/dns_bench"
+    build=1
 fi
 if [ "$smoke" = 1 ]; then
     duration="${duration:-1}" services="${services:-200}" rate="${rate:-2000}"
@@ -76,6 +77,10 @@ done
 for tool in named dnsperf dig taskset ss flock awk sort; do
     command -v "$tool" >/dev/null 2>&1 || missing "$tool not found (apt-get install bind9 bind9-dnsutils dnsperf util-linux iproute2)"
 done
+if [ -n "$build" ]; then
+    command -v cargo >/dev/null 2>&1 || missing "'cargo' not found (or give --bench PATH)"
+    (cd "$root" && cargo build --release -q -p mcp-master --example dns_bench) || die "cargo build --release -p mcp-master --example dns_bench failed"
+fi
 [ -x "$bench" ] || missing "$bench not found: cargo build --release -p mcp-master --example dns_bench"
 named_bin="$(command -v named)"
 

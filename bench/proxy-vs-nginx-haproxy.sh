@@ -28,8 +28,9 @@
 #            [--size MIB] [--connections N] [--skip-l7] [--keep]
 #   --smoke        each row for about 1 s with small transfers (CI: well under a minute)
 #   --duration     seconds per load run (default 10; --smoke: 1)
-#   --mc-proxy     the binary (default $CARGO_TARGET_DIR/release/mc-proxy, else
-#                  target/release/mc-proxy); not built by this script
+#   --mc-proxy     the binary, not built; default: `cargo build --release -p
+#                  mc-proxy` and $CARGO_TARGET_DIR/release/mc-proxy (else
+#                  target/release/mc-proxy)
 #   --size         MiB for the large L4 transfer (default 1024; --smoke: 8)
 #   --connections  concurrent connections for the keep-alive L7 rows (default 64)
 #   --skip-l7      leave the L7 rows out (marked skipped)
@@ -44,7 +45,7 @@ usage() { sed -n '/^# Usage:/,/^# Exit status/p' "${BASH_SOURCE[0]}" | sed 's/^#
 die() { echo "$me: $*" >&2; exit 1; }
 missing() { echo "$me: $*" >&2; exit 2; }
 
-smoke=0 duration="" size="" conns=64 skip_l7=0 keep=0 mc_proxy=""
+smoke=0 duration="" size="" conns=64 skip_l7=0 keep=0 mc_proxy="" build=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) smoke=1 ;;
@@ -66,6 +67,7 @@ else
     target="${CARGO_TARGET_DIR:-target}"
     [[ "$target" = /* ]] || target="$root/$target"
     mc_proxy="$target/release/mc-proxy"
+    build=1
 fi
 cd "$root"
 if [ "$smoke" = 1 ]; then
@@ -86,6 +88,10 @@ python="$(command -v python3)" || missing "'python3' not found (apt-get install 
 "$python" -c 'import ssl' 2>/dev/null || missing "$python has no ssl module"
 stream_so=/usr/lib/nginx/modules/ngx_stream_module.so
 [ -f "$stream_so" ] || missing "$stream_so not found (apt-get install libnginx-mod-stream)"
+if [ -n "$build" ]; then
+    command -v cargo >/dev/null 2>&1 || missing "'cargo' not found (or give --mc-proxy PATH)"
+    cargo build --release -q -p mc-proxy || die "cargo build --release -p mc-proxy failed"
+fi
 [ -x "$mc_proxy" ] || missing "mc-proxy binary '$mc_proxy' not found or not executable (cargo build --release -p mc-proxy, or --mc-proxy PATH)"
 PROXY_CPU=0 LOAD_CPU=1
 if [ "$(nproc)" -lt 2 ]; then
