@@ -63,31 +63,8 @@ IMAGE=mcp-test/hello:1
 serving_lock
 serving_free $IP:9443 $IP:9444 $EDGE_IP:9444 $EDGE_IP:8443 $IP:$DOCKER_PORT 127.0.0.1:$SWARM_PORT
 
-# --- cleanup, on any exit ------------------------------------------------------
-dir="$(mktemp -d /tmp/mcp-public-bench.XXXXXX)"
-pids=()           # agents, then the master, then mc-proxy
-swarm_ours=0      # we ran `docker swarm init`
-gwbridge_ours=0   # and docker_gwbridge did not exist before
-swarm_skip=""     # why there is no Swarm row
-mcp="$bin_dir/mcp --config $dir/mcp.toml"
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    # The service through the master while it runs, then the processes, then
-    # whatever is left of the containers.
-    if [ -f "$dir/token" ]; then timeout 15 $mcp -q remove "$SERVICE" >/dev/null 2>&1 || true; fi
-    serving_stop
-    local left
-    left="$(docker ps -aq --filter "label=mcp.node=$NODE" --filter "label=mcp.service=$SERVICE" 2>/dev/null || true)"
-    [ -z "$left" ] || docker rm -f $left >/dev/null 2>&1 || true
-    docker rm -f bench-docker >/dev/null 2>&1 || true
-    serving_swarm_down bench-swarm
-    if [ "$keep" = 1 ]; then echo "$me: kept $dir" >&2; else rm -rf "$dir"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM
-trap 'exit 130' INT
+# --- the temporary directory, and the cleanup on any exit ------------------------
+serving_setup mcp-public-bench
 
 # --- the pollers the measured commands end with ---------------------------------
 serving_helpers
@@ -228,7 +205,7 @@ if [ -z "$swarm_skip" ]; then
     )
 fi
 echo "$me: $runs runs each after $warmup warm-up; fleet: $bin_dir; swarm publish: ${swarm_publish:-skipped}"
-hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" "${args[@]}" \
+serving_hyperfine "${args[@]}" \
     || die "hyperfine failed (a command did not finish; logs in $dir with --keep)"
 echo
 cat "$dir/result.md"

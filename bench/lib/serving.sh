@@ -3,11 +3,10 @@
 # pollers their measured commands end with, and the Swarm they compare against.
 #
 # The sourcing script sets, before calling these:
-#   me        its name, for messages          bin_dir  mcp, mcp-master, mcp-agent (mc-proxy)
-#   dir       its temporary directory         log      the fleet's RUST_LOG
-#   pids=()   what serving_start started (kept in reverse start order)
-#   swarm_ours=0 gwbridge_ours=0 swarm_skip=""   (serving_swarm_up sets them)
-# and defines die (exit 1) and missing (exit 2).
+#   me        its name, for messages          log      the fleet's RUST_LOG
+#   SERVICE   the mcp service it deploys      NODE     the node it runs on
+# and defines usage, die (exit 1) and missing (exit 2); serving_args sets
+# bin_dir and the options, serving_setup dir, mcp, pids and the Swarm state.
 
 # serving_args SMOKE_RUNS RUNS "$@": the options both scripts take
 # ([--smoke] [--bin-dir DIR] [--keep] [RUNS]); sets smoke, keep, bin_dir
@@ -90,6 +89,40 @@ serving_free() {
     done
 }
 
+# serving_setup PREFIX: dir (a new /tmp/PREFIX.XXXXXX), mcp (the CLI on
+# $dir/mcp.toml), the Swarm state, and on any exit the cleanup: the service
+# $SERVICE through the master while it runs, the processes by pid, then whatever
+# is left of the containers (node $NODE's of $SERVICE, bench-docker, the Swarm
+# service bench-swarm and the swarm if ours), and the directory unless --keep.
+serving_setup() {
+    dir="$(mktemp -d "/tmp/$1.XXXXXX")"
+    pids=()           # in reverse start order
+    swarm_ours=0      # we ran `docker swarm init`
+    gwbridge_ours=0   # and docker_gwbridge did not exist before
+    swarm_skip=""     # why there is no Swarm row
+    mcp="$bin_dir/mcp --config $dir/mcp.toml"
+    trap serving_cleanup EXIT
+    trap 'exit 143' TERM
+    trap 'exit 130' INT
+}
+
+serving_cleanup() {
+    local rc=$? left
+    trap - EXIT INT TERM
+    if [ -n "${hyperfine_pid:-}" ]; then
+        kill -TERM "$hyperfine_pid" 2>/dev/null || true
+        wait "$hyperfine_pid" 2>/dev/null || true
+    fi
+    if [ -f "$dir/token" ]; then timeout 15 $mcp -q remove "$SERVICE" >/dev/null 2>&1 || true; fi
+    serving_stop
+    left="$(docker ps -aq --filter "label=mcp.node=$NODE" --filter "label=mcp.service=$SERVICE" 2>/dev/null || true)"
+    [ -z "$left" ] || docker rm -f $left >/dev/null 2>&1 || true
+    docker rm -f bench-docker >/dev/null 2>&1 || true
+    serving_swarm_down bench-swarm
+    if [ "$keep" = 1 ]; then echo "$me: kept $dir" >&2; else rm -rf "$dir"; fi
+    exit "$rc"
+}
+
 # serving_helpers: writes the two pollers into $dir.
 #   until-200 [--not] CURL-ARGS... URL: polls (every 10 ms, each try `curl -s
 #     --max-time 1`) until the URL answers 200 (with --not: until it no longer
@@ -132,7 +165,8 @@ SH
 # its log in $dir/NAME.log, waiting (at most 10 s) until it accepts on ADDR.
 serving_start() {
     local name=$1 program=$2 config=$3 addr=$4 pid
-    RUST_LOG="$log" "$bin_dir/$program" --config "$config" >"$dir/$name.log" 2>&1 &
+    # Without the lock's descriptor: a process left behind must not hold it.
+    RUST_LOG="$log" "$bin_dir/$program" --config "$config" >"$dir/$name.log" 2>&1 9<&- &
     pid=$!
     pids=("$pid" "${pids[@]}")
     for _ in $(seq 200); do
@@ -204,6 +238,20 @@ serving_swarm_down() {
             docker network rm docker_gwbridge >/dev/null 2>&1 || true
         fi
     fi
+}
+
+# serving_hyperfine ARGS...: hyperfine with $warmup and $runs, exporting
+# $dir/result.md and $dir/result.json; in the background, waited for, so that a
+# SIGTERM or SIGINT to the script is handled at once (the cleanup stops hyperfine
+# first) rather than when hyperfine ends.
+serving_hyperfine() {
+    hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" \
+        --export-json "$dir/result.json" "$@" 9<&- &
+    hyperfine_pid=$!
+    local rc=0
+    wait "$hyperfine_pid" || rc=$?
+    hyperfine_pid=""
+    return "$rc"
 }
 
 # serving_ratios TABLE GOAL_DOCKER GOAL_SWARM: the means of `mcp deploy` over
