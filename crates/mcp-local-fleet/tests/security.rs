@@ -425,6 +425,77 @@ fn an_uninitialised_master_says_what_to_run() {
     );
 }
 
+/// `mcp logout` revokes the token at the master: the old token, kept aside, is refused
+/// with exit 3, also after the master restarts; logging out with a token the master
+/// already refuses just drops the file; a logout that cannot reach the master keeps
+/// the file so that it can be run again.
+#[test]
+fn logout_revokes_the_token_at_the_master() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = FleetSpec::single(tmp.path(), "rev1", "127.0.6.1", "exec");
+    let mut fleet = Fleet::start(spec).unwrap();
+    let dir = fleet.spec.dir.clone();
+    let token_file = dir.join("token");
+    let old = std::fs::read_to_string(&token_file).unwrap();
+    mcp_ok(&fleet, &["node", "list"]);
+
+    let out = fleet.mcp(&["--json", "logout"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["revoked"], true, "{reply}");
+    assert!(!token_file.exists());
+    let revoked_list = std::fs::read_to_string(dir.join("master/revoked-tokens.json")).unwrap();
+    assert!(
+        !revoked_list.contains(old.trim()),
+        "the master keeps ids, not tokens"
+    );
+
+    let refused = |fleet: &Fleet| {
+        set_token(fleet, &old);
+        let out = fleet.mcp(&["list"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+        assert!(stderr_of(&out).contains("revoked"), "{}", stderr_of(&out));
+    };
+    refused(&fleet);
+    // A new login is not affected.
+    fleet.login("admin").unwrap();
+    mcp_ok(&fleet, &["list"]);
+    let fresh = std::fs::read_to_string(&token_file).unwrap();
+
+    // The revocation survives a crash of the master.
+    fleet.signal("master", libc::SIGKILL).unwrap();
+    fleet.start_master().unwrap();
+    refused(&fleet);
+    set_token(&fleet, &fresh);
+    mcp_ok(&fleet, &["list"]);
+
+    // Logging out with the revoked token: the master refuses it, the file goes.
+    set_token(&fleet, &old);
+    let out = fleet.mcp(&["logout"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no longer accepted"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!token_file.exists());
+    let out = fleet.mcp(&["logout"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not logged in"));
+
+    // No master: nothing is revoked, so the token file stays for another try.
+    set_token(&fleet, &fresh);
+    fleet.signal("master", libc::SIGKILL).unwrap();
+    let out = fleet.mcp(&["logout"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not revoked"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(token_file.exists());
+}
+
 /// A one-thread HTTP server answering RFC 7662 introspection: tokens "good-admin"
 /// and "good-viewer" are active; anything else is not.
 fn introspection_server() -> (String, std::thread::JoinHandle<()>) {

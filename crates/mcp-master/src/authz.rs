@@ -35,6 +35,8 @@ pub const SERVICE: &str = "mcp.master.v1.Master";
 /// Every operator RPC and the access it declares.
 pub const OPERATOR_RPCS: &[(&str, Access)] = &[
     ("Login", Access::Public),
+    // Any valid token may revoke itself (`mcp logout`).
+    ("Revoke", Access::Read),
     ("Deploy", Access::Write),
     ("Stop", Access::Write),
     ("Start", Access::Write),

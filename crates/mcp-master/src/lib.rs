@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod nodes;
 pub mod reconcile;
 pub mod registry;
+pub mod revoked;
 pub mod security;
 pub mod service;
 pub mod state;

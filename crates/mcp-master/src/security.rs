@@ -71,6 +71,8 @@ pub struct Security {
     join_secret: Secret,
     token_key: TokenKey,
     introspector: Option<Introspector>,
+    /// Tokens `mcp logout` revoked, refused until they expire.
+    revoked: crate::revoked::Revoked,
     pub server: ServerTls,
     /// The master's own certificate, presented by `server` and `agent_client`.
     identity: Identity,
@@ -125,12 +127,14 @@ impl Security {
             ),
             None => None,
         };
+        let revoked = crate::revoked::Revoked::load(dir, now())?;
         Ok(Security {
             ca,
             public_ca,
             join_secret,
             token_key,
             introspector,
+            revoked,
             server,
             identity,
             own_names,
@@ -170,8 +174,12 @@ impl Security {
         (self.token_key.sign(&claims), claims.expires_at)
     }
 
-    /// The claims of a bearer token: checked here, or by the introspection backend.
+    /// The claims of a bearer token: checked here, or by the introspection backend;
+    /// a revoked token is refused before either.
     pub async fn check(&self, token: &str) -> Result<Claims, String> {
+        if self.revoked.contains(token, now()) {
+            return Err("the token was revoked (`mcp logout`); run `mcp login`".to_string());
+        }
         match &self.introspector {
             Some(i) => i.introspect(token).await.map_err(|e| e.to_string()),
             None => self
@@ -179,6 +187,12 @@ impl Security {
                 .verify(token, now())
                 .map_err(|e| e.to_string()),
         }
+    }
+
+    /// Revokes `token`, whose claims [`Security::check`] returned: kept in the data
+    /// dir until it expires (an introspected token without `exp`: for good).
+    pub fn revoke(&self, token: &str, claims: &Claims) -> anyhow::Result<()> {
+        self.revoked.revoke(token, claims.expires_at, now())
     }
 
     pub fn uses_introspection(&self) -> bool {

@@ -293,6 +293,36 @@ impl Master for MasterService {
         }))
     }
 
+    async fn revoke(
+        &self,
+        request: Request<wire::RevokeRequest>,
+    ) -> Result<Response<wire::RevokeReply>, Status> {
+        // The authorization layer checked the token and left its claims here.
+        let claims = request
+            .extensions()
+            .get::<mcp_pki::token::Claims>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no token: run `mcp login`"))?;
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no token: run `mcp login`"))?;
+        let token = mcp_pki::token::parse_bearer(header)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        self.state
+            .security
+            .revoke(token, &claims)
+            .map_err(|e| Status::internal(format!("revoke the token: {e:#}")))?;
+        tracing::info!(user = %claims.user, "token revoked");
+        let expires_at = if claims.expires_at == u64::MAX {
+            0
+        } else {
+            i64::try_from(claims.expires_at).unwrap_or(i64::MAX)
+        };
+        Ok(Response::new(wire::RevokeReply { expires_at }))
+    }
+
     async fn deploy(
         &self,
         request: Request<wire::DeployRequest>,

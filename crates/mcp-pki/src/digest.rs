@@ -1,6 +1,7 @@
 //! SHA-256 of a file, in lowercase hex: the identity of an agent binary (SPEC §9),
 //! computed the same way by the agent (of `/proc/self/exe`) and by `mcp agent
-//! upgrade` (of the binary it installs).
+//! upgrade` (of the binary it installs); and of bytes, the id of a revoked operator
+//! token.
 
 use std::io::Read;
 use std::path::Path;
@@ -18,6 +19,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         context.update(&buf[..n]);
     }
     Ok(hex::encode(context.finish()))
+}
+
+/// SHA-256 (lowercase hex) of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
 #[cfg(test)]

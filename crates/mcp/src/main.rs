@@ -48,7 +48,7 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Drop the local token.
+    /// Revoke the token at the master and drop the local copy.
     Logout,
     /// Deploy or update services from definition files, directories or names.
     Deploy {
@@ -307,9 +307,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Validate { files } = &cli.command {
         return cmd::validate::run(&ctx, files);
     }
-    if let Command::Logout = &cli.command {
-        return cmd::login::logout(&ctx);
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -320,7 +317,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 user,
                 password_stdin,
             } => cmd::login::login(&ctx, user, password_stdin).await,
-            Command::Logout => Ok(()),
+            Command::Logout => cmd::login::logout(&ctx).await,
             Command::Deploy { targets } => cmd::deploy::run(&ctx, &targets).await,
             Command::Stop { service } => cmd::lifecycle::run(&ctx, "stop", &service).await,
             Command::Start { service } => cmd::lifecycle::run(&ctx, "start", &service).await,

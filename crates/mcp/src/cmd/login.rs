@@ -3,10 +3,10 @@
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 
-use mcp_proto::master::v1::{master_client::MasterClient, LoginRequest};
+use mcp_proto::master::v1::{master_client::MasterClient, LoginRequest, RevokeRequest};
 use serde_json::json;
 
-use crate::error::CliError;
+use crate::error::{Class, CliError};
 use crate::{client, Ctx};
 
 fn read_password(from_stdin: bool) -> Result<String, CliError> {
@@ -74,15 +74,54 @@ pub async fn login(ctx: &Ctx, user: Option<String>, password_stdin: bool) -> Res
     Ok(())
 }
 
-pub fn logout(ctx: &Ctx) -> Result<(), CliError> {
+/// Revokes the token at the master, then deletes the token file. The file goes only
+/// once the master no longer accepts the token (revoked now, or refused already), so a
+/// logout that could not reach the master can be run again.
+pub async fn logout(ctx: &Ctx) -> Result<(), CliError> {
     let path = client::token_file(ctx)?;
+    if !path.exists() {
+        if ctx.json {
+            ctx.print_json(&json!({"logged_out": true, "revoked": false}));
+        } else if !ctx.quiet {
+            println!("not logged in (no {})", path.display());
+        }
+        return Ok(());
+    }
+    let kept = |e: CliError| {
+        CliError::new(
+            e.class,
+            format!(
+                "{}\nthe token was not revoked and {} is kept: run `mcp logout` again (deleting the file drops the local copy only)",
+                e.message,
+                path.display()
+            ),
+        )
+    };
+    let mut master = client::master(ctx).await.map_err(kept)?;
+    let note = match master.revoke(RevokeRequest {}).await {
+        Ok(_) => None,
+        // Expired, revoked before, or from another master: dead there already. (A
+        // status with a source is the CLI's own transport failing, not a refusal.)
+        Err(status)
+            if Class::of_code(status.code()) == Class::Refused
+                && std::error::Error::source(&status).is_none() =>
+        {
+            Some(status.message().to_string())
+        }
+        Err(status) => return Err(kept(CliError::from(status))),
+    };
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(CliError::failed(format!("remove {}: {e}", path.display()))),
     }
-    if !ctx.quiet && !ctx.json {
-        println!("logged out");
+    if ctx.json {
+        ctx.print_json(&json!({"logged_out": true, "revoked": note.is_none()}));
+    } else if !ctx.quiet {
+        match note {
+            None => println!("logged out; the master revoked the token"),
+            Some(why) => println!("logged out (the master no longer accepted the token: {why})"),
+        }
     }
     Ok(())
 }
