@@ -318,6 +318,23 @@ fn every_command_exits_by_class_with_a_json_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Lifecycle commands and logs on the frozen node fail the same way, at once.
+    for args in [
+        &["--json", "stop", SERVICE][..],
+        &["--json", "restart", SERVICE],
+        &["--json", "logs", SERVICE],
+    ] {
+        let started = Instant::now();
+        let message = expect_error(&mcp(args), 1, &args.join(" "));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}: {:?}",
+            args.join(" "),
+            started.elapsed()
+        );
+        assert!(message.contains("node ce2 ("), "{message}");
+    }
+
     // Continued, it answers again and is no longer marked.
     drop(frozen);
     let fresh = eventually(Duration::from_secs(20), || {

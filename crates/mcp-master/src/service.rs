@@ -190,6 +190,35 @@ impl MasterService {
         unanswered
     }
 
+    /// Fails at once, as [`agent_status`] says, when `node`'s agent does not answer a
+    /// Probe within the probe timeout: a unary call that may rightly take long (a
+    /// stop waits out the container's grace period) is made only to an agent that
+    /// answers, so a frozen node fails the command now rather than when the
+    /// connection's keepalive gives up.
+    async fn answering(&self, node: &str, client: &mut AgentClient<Channel>) -> Result<(), Status> {
+        let supports = self
+            .state
+            .registry
+            .node(node)
+            .is_some_and(|n| n.supports("Probe"));
+        if !supports {
+            return Ok(()); // Never an RPC the agent did not report (SPEC §9).
+        }
+        let bound = self.state.config.probe_timeout.max(Duration::from_secs(2));
+        let probe = client.probe(agent::ProbeRequest { register: false });
+        match tokio::time::timeout(bound, probe).await {
+            Err(_) => Err(self.agent_error(
+                node,
+                Status::deadline_exceeded(format!("no answer to a probe within {bound:?}")),
+            )),
+            // A status the agent sent (it answered) is not this check's business.
+            Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                Err(self.agent_error(node, status))
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
     async fn lifecycle(
         &self,
         service: String,
@@ -199,6 +228,7 @@ impl MasterService {
         self.settle(None).await;
         let node = self.node_for(&service)?;
         let mut client = self.client(&node.name, rpc)?;
+        self.answering(&node.name, &mut client).await?;
         let request = agent::ServiceRequest {
             service: service.clone(),
             generation: None,
@@ -409,6 +439,7 @@ impl Master for MasterService {
         self.settle(None).await;
         let node = self.node_for(&service)?;
         let mut client = self.client(&node.name, "Remove")?;
+        self.answering(&node.name, &mut client).await?;
         client
             .remove(agent::ServiceRequest {
                 service: service.clone(),
@@ -525,6 +556,7 @@ impl Master for MasterService {
         check_service_name(&r.service)?;
         let node = self.node_for(&r.service)?;
         let mut client = self.client(&node.name, "Logs")?;
+        self.answering(&node.name, &mut client).await?;
         let name = node.name.clone();
         let stream = client
             .logs(agent::LogsRequest {
