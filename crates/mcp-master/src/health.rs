@@ -11,6 +11,9 @@ use mcp_proto::agent::v1::{agent_client::AgentClient, ProbeRequest};
 
 use crate::state::MasterState;
 
+/// How often agent clients unused for `registry::CLIENT_IDLE` are dropped.
+const CLIENT_SWEEP: Duration = Duration::from_secs(10);
+
 /// How often overdue heartbeats are looked for: a twentieth of the interval, so a
 /// failure is found within about 5% of the bound.
 pub fn tick(interval: Duration) -> Duration {
@@ -44,7 +47,14 @@ pub async fn probe(state: Arc<MasterState>, node: String, why: &str) {
 pub async fn run(state: Arc<MasterState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = state.config.heartbeat_interval;
     let bound = interval * state.config.missed_heartbeats;
+    let mut swept = std::time::Instant::now();
     loop {
+        if swept.elapsed() >= CLIENT_SWEEP {
+            state
+                .registry
+                .drop_idle_clients(crate::registry::CLIENT_IDLE);
+            swept = std::time::Instant::now();
+        }
         for node in state
             .registry
             .overdue(bound, interval.max(state.config.probe_timeout))

@@ -3,7 +3,7 @@
 //! here is durable. Locks are held only for short, non-async sections.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mcp_proto::agent::v1::{agent_client::AgentClient, EdgeRoute, ServiceStatus};
@@ -24,7 +24,8 @@ pub struct NodeEntry {
     pub version: String,
     /// SHA-256 of the agent's executable, as it reported (SPEC §9).
     pub binary_sha256: String,
-    pub rpcs: Vec<String>,
+    /// Shared between the nodes that reported the same list (`Registry::intern_rpcs`).
+    pub rpcs: Arc<[String]>,
     pub pools: Vec<String>,
     pub resources: wire::NodeResources,
     pub containers: u32,
@@ -44,8 +45,10 @@ pub struct NodeEntry {
     pub public_address: String,
     /// An edge that obtains its own public certificates (ACME).
     pub acme: bool,
-    /// Created on first use: a node that is only heartbeating costs no connection.
-    pub client: Option<AgentClient<Channel>>,
+    /// Created on first use, with when it was last handed out; dropped after
+    /// `CLIENT_IDLE` unused (`Registry::drop_idle_clients`), which closes its
+    /// connection: a node that is only heartbeating costs one connection, its own.
+    pub client: Option<(AgentClient<Channel>, Instant)>,
     /// The heartbeat stream now current for this node (0: none).
     pub session: u64,
 }
@@ -117,7 +120,7 @@ impl NodeEntry {
             pools: self.pools.clone(),
             last_heartbeat_ms_ago: self.last_heartbeat.elapsed().as_millis() as u64,
             resources: Some(self.resources),
-            rpcs: self.rpcs.clone(),
+            rpcs: self.rpcs.to_vec(),
             containers: self.containers,
             public_address: self.public_address.clone(),
             binary_sha256: self.binary_sha256.clone(),
@@ -198,12 +201,23 @@ pub struct Event {
 
 const MAX_EVENTS: usize = 200;
 
+/// How long the master keeps an unused connection to an agent. Every agent keeps
+/// its own connection to the master (its heartbeats); the master's own, outbound,
+/// one is needed only for calls (deploys, probes, logs) and costs as much memory
+/// again, so it is not kept for a fleet that is only heartbeating.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
+
+/// At most this many distinct RPC lists are shared (one per agent version in use).
+const RPC_LISTS: usize = 16;
+
 /// All nodes, by name.
 #[derive(Default)]
 pub struct Registry {
     nodes: RwLock<BTreeMap<String, NodeEntry>>,
     events: Mutex<VecDeque<Event>>,
     sessions: std::sync::atomic::AtomicU64,
+    /// The distinct RPC lists agents reported, shared by their nodes.
+    rpc_lists: Mutex<Vec<Arc<[String]>>>,
 }
 
 /// What a heartbeat did.
@@ -249,6 +263,37 @@ impl Registry {
             .collect()
     }
 
+    /// The RPC list an agent reported, shared with the nodes that reported the same
+    /// (a fleet runs one or a few agent versions: one copy rather than one a node).
+    pub fn intern_rpcs(&self, rpcs: Vec<String>) -> Arc<[String]> {
+        let mut lists = self.rpc_lists.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = lists.iter().find(|l| l[..] == rpcs[..]) {
+            return list.clone();
+        }
+        let list: Arc<[String]> = rpcs.into();
+        if lists.len() < RPC_LISTS {
+            lists.push(list.clone());
+        }
+        list
+    }
+
+    /// Drops the agent clients unused for `idle`, closing their connections once
+    /// no call holds them; returns how many were dropped.
+    pub fn drop_idle_clients(&self, idle: Duration) -> usize {
+        let mut dropped = 0;
+        for entry in self.write().values_mut() {
+            if entry
+                .client
+                .as_ref()
+                .is_some_and(|(_, used)| used.elapsed() > idle)
+            {
+                entry.client = None;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// A client for the node's agent to call `rpc` with, created on first use; the
     /// SPEC §9 refusal instead when the agent did not report `rpc` (capability
     /// negotiation: every RPC the master sends a registered agent comes through here,
@@ -264,14 +309,15 @@ impl Registry {
             "{rpc} is not an agent RPC"
         );
         let address = {
-            let nodes = self.read();
+            let mut nodes = self.write();
             let entry = nodes
-                .get(name)
+                .get_mut(name)
                 .ok_or_else(|| format!("node {name} is not registered"))?;
             if let Some(refusal) = entry.lacks(rpc) {
                 return Err(refusal);
             }
-            if let Some(client) = &entry.client {
+            if let Some((client, used)) = &mut entry.client {
+                *used = Instant::now();
                 return Ok(client.clone());
             }
             entry.address.clone()
@@ -285,7 +331,10 @@ impl Registry {
         .max_decoding_message_size(64 * 1024 * 1024);
         if let Some(entry) = self.write().get_mut(name) {
             if entry.address == address {
-                entry.client.get_or_insert_with(|| client.clone());
+                let (cached, _) = entry
+                    .client
+                    .get_or_insert_with(|| (client.clone(), Instant::now()));
+                return Ok(cached.clone());
             }
         }
         Ok(client)
@@ -572,7 +621,7 @@ mod tests {
             arch: Arch::Amd64,
             version: "0".to_string(),
             binary_sha256: String::new(),
-            rpcs: Vec::new(),
+            rpcs: Arc::from(Vec::new()),
             pools: Vec::new(),
             resources: wire::NodeResources::default(),
             containers: 0,
@@ -727,7 +776,7 @@ mod tests {
         let registry = Registry::default();
         let mut old = entry("hyperborea", "a");
         old.version = "0.3.0".to_string();
-        old.rpcs = ["Deploy", "Stop"].map(String::from).to_vec();
+        old.rpcs = registry.intern_rpcs(["Deploy", "Stop"].map(String::from).to_vec());
         registry.write().insert("hyperborea".into(), old);
         let transport = ClientTransport {
             connect_timeout: None,
@@ -748,6 +797,41 @@ mod tests {
         assert!(
             registry.client("orion", "Stop", &transport).is_err(),
             "not registered"
+        );
+    }
+
+    /// Nodes that reported the same RPCs share one list; another list is its own.
+    #[test]
+    fn rpc_lists_are_shared() {
+        let registry = Registry::default();
+        let list = || ["Deploy", "Stop"].map(String::from).to_vec();
+        let a = registry.intern_rpcs(list());
+        let b = registry.intern_rpcs(list());
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = registry.intern_rpcs(vec!["Deploy".to_string()]);
+        assert_eq!(&*c, ["Deploy".to_string()].as_slice());
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    /// The master's connection to an agent is dropped once unused for the idle
+    /// time, and a later call makes a new one; a client in use is kept.
+    #[tokio::test]
+    async fn idle_agent_clients_are_dropped() {
+        let registry = Registry::default();
+        let mut node = entry("orion", "a");
+        node.rpcs = registry.intern_rpcs(vec!["Stop".to_string()]);
+        registry.write().insert("orion".into(), node);
+        let transport = ClientTransport::default();
+        assert!(registry.client("orion", "Stop", &transport).is_ok());
+        assert_eq!(registry.drop_idle_clients(Duration::from_secs(60)), 0);
+        assert!(registry.read()["orion"].client.is_some(), "just used: kept");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(registry.drop_idle_clients(Duration::from_millis(10)), 1);
+        assert!(registry.read()["orion"].client.is_none(), "idle: dropped");
+        assert!(registry.client("orion", "Stop", &transport).is_ok());
+        assert!(
+            registry.read()["orion"].client.is_some(),
+            "made again on use"
         );
     }
 }

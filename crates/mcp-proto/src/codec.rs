@@ -9,8 +9,9 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// Initial buffer: fits a heartbeat with room; grows on demand.
-const BUFFER_SIZE: usize = 512;
+/// Initial buffer: fits a heartbeat (about 140 bytes with a state digest); grows
+/// on demand.
+const BUFFER_SIZE: usize = 256;
 /// tonic's default: how much is encoded before yielding.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
