@@ -4,20 +4,22 @@
 # with a published port until every one answers, on the same engine, side by side
 # in one hyperfine run. The master places the whole batch, then deploys to the
 # workers at the same time (one service at a time per worker, as the agent deploys).
+# A third row, N `docker run -d` all at once, is the engine's own ceiling: no
+# orchestrator on this engine can start the batch faster.
 #
 # Starts its own fleet the way a user does (`mcp-master init`, the join token in
 # each agent.toml, a user from `mcp-master hash-password`, `mcp login`; runtime
 # docker), on loopback only:
 #   127.0.7.21:9443          the master
 #   127.0.7.21-2W:9444       the agents of workers bb1..bbW (bb1 is the master's node)
-#   127.0.7.20:18701-187NN   the `docker run -d -p` containers
+#   127.0.7.20:18701-187NN   the `docker run -d -p` containers (both docker rows)
 # Each measured command starts the services and then polls every one of them
 # (every 10 ms, each try `curl -s --max-time 1`, for at most 30 s) until it answers
 # 200; each run is preceded by removing what the previous one made. `mcp deploy`
 # learns the published addresses from its own `--json` output (the table of what
 # runs where it ends with).
-# Prints hyperfine's markdown table and the ratio against the goal (at most 0.5x
-# the sequential `docker run -d`).
+# Prints hyperfine's markdown table and the ratios against the sequential
+# `docker run -d` (goal: at most 0.5x for `mcp deploy DIR`).
 #
 # Usage: bench/batch-deploy.sh [--smoke] [--bin-dir DIR] [--keep] [--workers W] [--services N] [RUNS]
 #   RUNS          timed runs of each command (default 5, after 1 warm-up run)
@@ -178,7 +180,20 @@ for i in \$(seq $services); do
 done
 "$dir/until-all-200" "\${addresses[@]}"
 SH
-chmod +x "$dir/until-all-200" "$dir/mcp-batch" "$dir/mcp-clean" "$dir/docker-batch"
+# docker-parallel: N docker run -d all at once, then every port answering.
+cat >"$dir/docker-parallel" <<SH
+#!/usr/bin/env bash
+set -euo pipefail
+addresses=() started=()
+for i in \$(seq $services); do
+    docker run -d --name "bb-docker-\$i" -p "$DOCKER_IP:\$(($DOCKER_PORT0 + i)):8080" -e MCP_SERVICE=bench $IMAGE >/dev/null &
+    started+=(\$!)
+    addresses+=("$DOCKER_IP:\$(($DOCKER_PORT0 + i))")
+done
+for p in "\${started[@]}"; do wait "\$p"; done
+"$dir/until-all-200" "\${addresses[@]}"
+SH
+chmod +x "$dir/until-all-200" "$dir/mcp-batch" "$dir/mcp-clean" "$dir/docker-batch" "$dir/docker-parallel"
 
 # --- the fleet -------------------------------------------------------------------
 join_token="$("$bin_dir/mcp-master" init --data-dir "$dir/master" 2>"$dir/init.log")" || { cat "$dir/init.log" >&2; die "mcp-master init failed"; }
@@ -279,6 +294,8 @@ hyperfine --warmup "$warmup" --runs "$runs" --export-markdown "$dir/result.md" \
     -n "mcp deploy DIR" "$dir/mcp-batch" \
     --prepare "docker rm -f $(docker_names | tr '\n' ' ')>/dev/null 2>&1 || true" \
     -n "docker run -d x$services" "$dir/docker-batch" \
+    --prepare "docker rm -f $(docker_names | tr '\n' ' ')>/dev/null 2>&1 || true" \
+    -n "docker run -d x$services in parallel" "$dir/docker-parallel" \
     || die "hyperfine failed (a command did not finish; logs in $dir with --keep)"
 echo
 cat "$dir/result.md"
@@ -287,8 +304,11 @@ awk -F'|' -v n="$services" '
     /^\| `/ { name = $2; gsub(/^ *`|` *$/, "", name); split($3, m, " "); mean[name] = m[1] }
     END {
         d = mean["docker run -d x" n]
+        p = mean["docker run -d x" n " in parallel"]
         if (d > 0)
             printf "mcp deploy DIR / docker run -d x%d: %.2fx (goal: at most 0.5x: %s)\n", n, mean["mcp deploy DIR"] / d, (mean["mcp deploy DIR"] <= 0.5 * d) ? "met" : "not met"
+        if (d > 0 && p > 0)
+            printf "docker run -d x%d in parallel / docker run -d x%d: %.2fx (the engine'"'"'s ceiling)\n", n, n, p / d
     }' "$dir/result.md"
 echo "$me: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$me: took $SECONDS s"
