@@ -240,6 +240,47 @@ fn every_command_exits_by_class_with_a_json_error() {
         "{lines}"
     );
 
+    // logs -f --json streams: the objects arrive while the command keeps running.
+    let mut follow = Command::new(fleet.bin.path("mcp"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "logs", "-f", SERVICE])
+        .env_remove("MCP_MASTER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut streamed = Vec::new();
+    while Instant::now() < deadline && !streamed.iter().any(|l: &String| l.contains("second")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            streamed.push(line);
+        }
+    }
+    let still_running = follow.try_wait().unwrap().is_none();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
+    assert!(still_running, "logs -f ended by itself");
+    let last: serde_json::Value =
+        serde_json::from_str(streamed.last().map(String::as_str).unwrap_or("null")).unwrap();
+    assert_eq!(last["line"], "second", "{streamed:?}");
+    assert_eq!(last["node"], "ce2");
+
     // --master https://host:port is the master's address too.
     let out = mcp(&["--json", "--master", "https://127.0.5.1:9443", "ps"]);
     assert!(
