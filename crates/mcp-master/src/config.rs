@@ -88,6 +88,12 @@ pub struct Config {
     /// Check operator tokens with this RFC 7662-style endpoint (MCIAS) instead of
     /// signing them here, e.g. "http://127.0.0.1:8080/oauth/introspect".
     pub introspection_url: Option<String>,
+    /// Trust for an `https://` introspection_url (PEM); absent: the system's CA bundle.
+    pub introspection_ca_cert: Option<PathBuf>,
+    /// How long an active introspection answer is reused before the endpoint is asked
+    /// again (never past the token's expiry); "0s": every call asks.
+    #[serde(default = "default_introspection_cache_ttl", with = "serde_duration")]
+    pub introspection_cache_ttl: Duration,
     /// The internal zone's backend (SPEC §8); absent: no DNS is kept.
     pub dns: Option<DnsConfig>,
 }
@@ -183,6 +189,9 @@ impl DnsConfig {
     }
 }
 
+fn default_introspection_cache_ttl() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_token_ttl() -> Duration {
     Duration::from_secs(12 * 3600)
 }
@@ -256,6 +265,9 @@ pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_MISSED_HEARTBEATS: u32 = 1000;
 /// `token_ttl` at most 365d.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 86400);
+/// `introspection_cache_ttl` at most 1h: a token the identity service revoked is
+/// still accepted for up to this long.
+pub const MAX_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// `service_cert_ttl` and `node_cert_ttl` at most 3650d (ten years).
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(3650 * 86400);
 
@@ -312,6 +324,16 @@ impl Config {
             ("node_cert_ttl", self.node_cert_ttl, MAX_CERT_TTL),
         ] {
             check_duration(key, value, max)?;
+        }
+        if self.introspection_cache_ttl > MAX_INTROSPECTION_CACHE_TTL {
+            bail!(
+                "introspection_cache_ttl: {} is above the limit of {}",
+                mcp_types::duration::format_duration(self.introspection_cache_ttl),
+                mcp_types::duration::format_duration(MAX_INTROSPECTION_CACHE_TTL)
+            );
+        }
+        if self.introspection_ca_cert.is_some() && self.introspection_url.is_none() {
+            bail!("introspection_ca_cert: only with introspection_url");
         }
         if !self.placement.reserve_cpu.is_finite() || self.placement.reserve_cpu < 0.0 {
             bail!("placement.reserve_cpu: must be zero or more cores");

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod dns;
 pub mod health;
 pub mod hlc;
+pub mod introspect;
 pub mod nodes;
 pub mod reconcile;
 pub mod registry;

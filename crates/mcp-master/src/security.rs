@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::introspect::{Introspector, Options};
 use anyhow::Context;
 use mcp_pki::ca::{write_file, Ca, CaKind};
-use mcp_pki::introspect::Introspector;
 use mcp_pki::join::JoinToken;
 use mcp_pki::tls::{ClientAuth, Identity};
 use mcp_pki::token::{Claims, Role, TokenKey};
@@ -21,6 +21,8 @@ use crate::config::Config;
 
 const JOIN_SECRET: &str = "join-secret";
 const TOKEN_KEY: &str = "token-key";
+/// The bound on one exchange with the introspection endpoint, connecting included.
+const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `mcp-master init`: creates the fleet CA, the public CA (`public-ca.pem`), the
 /// join secret and the token key; returns the join token.
@@ -121,10 +123,24 @@ impl Security {
             server_name: String::new(),
         };
         let introspector = match &config.introspection_url {
-            Some(url) => Some(
-                Introspector::new(url, Duration::from_secs(5))
-                    .map_err(|e| anyhow::anyhow!("introspection_url: {e}"))?,
-            ),
+            Some(url) => {
+                let introspector = Introspector::new(
+                    url,
+                    Options {
+                        ca_cert: config.introspection_ca_cert.as_deref(),
+                        timeout: INTROSPECTION_TIMEOUT,
+                        cache_ttl: config.introspection_cache_ttl,
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("introspection_url: {e}"))?;
+                if introspector.is_plain_http() {
+                    tracing::warn!(
+                        url = %url,
+                        "introspection_url is http://: tokens go to it in clear text; use https://"
+                    );
+                }
+                Some(introspector)
+            }
             None => None,
         };
         let revoked = crate::revoked::Revoked::load(dir, now())?;

@@ -126,6 +126,10 @@ async fn call(channel: &Channel, method: &str, token: Option<&str>) -> Result<()
             .list_routes(with_token(wire::ListRoutesRequest {}, token))
             .await
             .map(|_| ()),
+        "Revoke" => c
+            .revoke(with_token(wire::RevokeRequest {}, token))
+            .await
+            .map(|_| ()),
         other => panic!("operator RPC {other} is not walked by this test: add it"),
     }
 }
@@ -133,11 +137,13 @@ async fn call(channel: &Channel, method: &str, token: Option<&str>) -> Result<()
 #[tokio::test]
 async fn every_operator_rpc_checks_token_and_role() {
     let master = start().await;
-    let methods: Vec<&str> = mcp_proto::RPCS
+    let mut methods: Vec<&str> = mcp_proto::RPCS
         .iter()
         .filter(|(s, _)| *s == "mcp.master.v1.Master")
         .map(|(_, m)| *m)
         .collect();
+    // Revoke as the viewer revokes the viewer's token: last.
+    methods.sort_by_key(|m| *m == "Revoke");
     assert_eq!(methods.len(), mcp_master::authz::OPERATOR_RPCS.len());
     let viewer = MasterClient::new(master.channel.clone())
         .login(wire::LoginRequest {
@@ -195,5 +201,10 @@ async fn every_operator_rpc_checks_token_and_role() {
             }
         }
     }
+    let after = call(&master.channel, "List", Some(&viewer))
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated, "revoked: {after:?}");
+    assert!(after.message().contains("revoked"), "{after:?}");
     let _ = master.stop.send(true);
 }

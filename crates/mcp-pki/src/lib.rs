@@ -1,8 +1,8 @@
 //! MCP's security: the fleet CA and the certificates it issues (nodes, the master,
 //! services), join tokens, operator tokens and password hashes, a secret type that
 //! never prints, and the rustls configurations the transport uses. One crypto
-//! backend: ring. No sockets of its own but the introspection client's: listening
-//! and dialling are `mcp_proto::transport`'s.
+//! backend: ring. No sockets of its own: listening and dialling are
+//! `mcp_proto::transport`'s (the introspection client is the master's).
 //!
 //! Module layering, with no cycles: `error` ← `cert` ← (`ca`, `tls`) ← `renew`; `tls` also
 //! uses `join` for the CA fingerprint.
@@ -11,7 +11,6 @@ pub mod ca;
 pub mod cert;
 pub mod digest;
 pub mod error;
-pub mod introspect;
 pub mod join;
 pub mod password;
 pub mod renew;
