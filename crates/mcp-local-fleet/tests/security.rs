@@ -496,16 +496,53 @@ fn logout_revokes_the_token_at_the_master() {
     assert!(token_file.exists());
 }
 
-/// A one-thread HTTP server answering RFC 7662 introspection: tokens "good-admin"
-/// and "good-viewer" are active; anything else is not.
-fn introspection_server() -> (String, std::thread::JoinHandle<()>) {
+/// A one-thread HTTPS server answering RFC 7662 introspection with a certificate from
+/// a CA made here (`DIR/idp-ca.pem`): tokens "good-admin" and "good-viewer" are active;
+/// anything else is not. It answers one request per connection and counts them.
+fn introspection_server(
+    dir: &Path,
+) -> (
+    String,
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use mcp_pki::rustls;
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let ca_dir = dir.join("idp");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let ca = mcp_pki::ca::Ca::create(&ca_dir).unwrap();
+    let issued = ca
+        .issue(&["127.0.6.3".to_string()], Duration::from_secs(3600))
+        .unwrap();
+    let ca_path = dir.join("idp-ca.pem");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            mcp_pki::cert::certs_from_pem(&issued.cert_pem).unwrap(),
+            mcp_pki::cert::key_from_pem(issued.key_pem.expose()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.6.3:0").unwrap();
     let address = listener.local_addr().unwrap();
-    let handle = std::thread::spawn(move || {
-        for stream in listener.incoming().take(12) {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(tcp) = stream else { continue };
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
             while let Ok(n) = stream.read(&mut buf) {
@@ -528,6 +565,10 @@ fn introspection_server() -> (String, std::thread::JoinHandle<()>) {
                     }
                 }
             }
+            if request.is_empty() {
+                continue;
+            }
+            count.fetch_add(1, Ordering::SeqCst);
             let text = String::from_utf8_lossy(&request);
             let body = if text.contains("token=good-admin") {
                 r#"{"active":true,"username":"kyle","role":"admin"}"#
@@ -541,22 +582,40 @@ fn introspection_server() -> (String, std::thread::JoinHandle<()>) {
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
         }
     });
-    (format!("http://{address}/introspect"), handle)
+    (format!("https://{address}/introspect"), ca_path, requests)
 }
 
+/// The master checks tokens with an identity service over HTTPS (its CA configured),
+/// reuses an active answer for introspection_cache_ttl, and refuses a token revoked
+/// by `mcp logout` although the identity service still calls it active.
 #[test]
 fn tokens_checked_by_an_introspection_backend() {
-    let (url, _server) = introspection_server();
+    use std::sync::atomic::Ordering;
     let tmp = tempfile::tempdir().unwrap();
+    let (url, ca, requests) = introspection_server(tmp.path());
     let mut spec = FleetSpec::single(tmp.path(), "idp1", "127.0.0.37", "exec");
-    spec.master_extra = format!("introspection_url = \"{url}\"\n");
+    spec.master_extra = format!(
+        "introspection_url = \"{url}\"\nintrospection_ca_cert = \"{}\"\nintrospection_cache_ttl = \"1h\"\n",
+        ca.display()
+    );
     spec.login = false;
     // The identity service issued this token; the fleet waits for its nodes with it.
     std::fs::write(tmp.path().join("token"), "good-admin").unwrap();
     let fleet = Fleet::start(spec).unwrap();
     mcp_ok(&fleet, &["node", "list"]);
+    let before = requests.load(Ordering::SeqCst);
+    assert!(before >= 1, "the identity service was asked");
+    mcp_ok(&fleet, &["node", "list"]);
+    mcp_ok(&fleet, &["list"]);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        before,
+        "an active answer is cached"
+    );
     set_token(&fleet, "good-viewer");
     mcp_ok(&fleet, &["list"]);
     let out = fleet.mcp(&["stop", "anything"]);
@@ -566,7 +625,7 @@ fn tokens_checked_by_an_introspection_backend() {
         "a viewer may not stop: {}",
         stderr_of(&out)
     );
-    set_token(&fleet, "revoked");
+    set_token(&fleet, "unknown");
     let out = fleet.mcp(&["list"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
@@ -575,6 +634,13 @@ fn tokens_checked_by_an_introspection_backend() {
         "{}",
         stderr_of(&out)
     );
+    // Logged out: refused, though the identity service still says active.
+    set_token(&fleet, "good-viewer");
+    mcp_ok(&fleet, &["logout"]);
+    set_token(&fleet, "good-viewer");
+    let out = fleet.mcp(&["list"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr_of(&out).contains("revoked"), "{}", stderr_of(&out));
 }
 
 fn hex_decode(text: &str) -> Vec<u8> {
