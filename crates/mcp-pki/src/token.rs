@@ -109,10 +109,25 @@ impl TokenKey {
     }
 
     /// `MCPTOK-1.<hex(json claims)>.<hex(hmac)>`; the HMAC covers everything
-    /// before the last dot, the version included.
+    /// before the last dot, the version included. The JSON also carries `jti`, 16
+    /// random bytes in hex, so two logins of one user in the same second get two
+    /// tokens, and revoking one (`mcp logout`) leaves the other; `verify` ignores it.
     pub fn sign(&self, claims: &Claims) -> Secret {
-        // Claims holds only strings, an enum and integers: it always serializes.
-        let json = serde_json::to_vec(claims).unwrap_or_default();
+        #[derive(serde::Serialize)]
+        struct Signed<'a> {
+            #[serde(flatten)]
+            claims: &'a Claims,
+            jti: String,
+        }
+        let mut nonce = [0u8; 16];
+        // Without randomness the token is still sound, only not unique per login.
+        let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+        let signed = Signed {
+            claims,
+            jti: hex::encode(nonce),
+        };
+        // Strings, an enum and integers: it always serializes.
+        let json = serde_json::to_vec(&signed).unwrap_or_default();
         let signed = format!("{PREFIX}{}", hex::encode(json));
         let tag = hmac::sign(&self.key, signed.as_bytes());
         Secret::new(format!("{signed}.{}", hex::encode(tag.as_ref())))
@@ -235,6 +250,14 @@ mod tests {
             ..claims()
         };
         assert_eq!(key().verify(key().sign(&viewer).expose(), 0), Ok(viewer));
+    }
+
+    #[test]
+    fn two_tokens_for_the_same_claims_differ() {
+        let (a, b) = (key().sign(&claims()), key().sign(&claims()));
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(key().verify(a.expose(), 1_500), Ok(claims()));
+        assert_eq!(key().verify(b.expose(), 1_500), Ok(claims()));
     }
 
     #[test]
