@@ -1,7 +1,7 @@
 //! `mcp-master`: the live node registry, health, placement, deploy coordination and
-//! fleet-wide status. It keeps nothing durable but its config and the fleet and public
-//! CAs' keys in its data dir: after a restart the agents re-register and its view is
-//! whole again.
+//! fleet-wide status. It keeps nothing durable but its config, the fleet and public
+//! CAs' keys, its signing secrets and the ids of revoked operator tokens in its data
+//! dir: after a restart the agents re-register and its view is whole again.
 
 pub mod authz;
 pub mod config;
