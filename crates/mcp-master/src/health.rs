@@ -27,8 +27,12 @@ pub async fn probe(state: Arc<MasterState>, node: String, why: &str) {
     };
     let timeout = state.config.probe_timeout;
     // An agent that lacks Probe cannot be asked: the probe fails with the SPEC §9
-    // message, so heartbeats alone decide its health.
-    let outcome = match state.registry.client(&node, "Probe", &state.transport) {
+    // message, so heartbeats alone decide its health. The probe dials on its own
+    // connection, so that it gets its whole timeout (`Registry::fresh_client`).
+    let outcome = match state
+        .registry
+        .fresh_client(&node, "Probe", &state.transport)
+    {
         Ok(mut client) => {
             match tokio::time::timeout(timeout, client.probe(ProbeRequest { register: false }))
                 .await

@@ -128,6 +128,21 @@ impl NodeEntry {
     }
 }
 
+/// A client for the agent of node `name` at `address`, connecting on first use.
+fn dial(
+    name: &str,
+    address: &str,
+    transport: &ClientTransport,
+) -> Result<AgentClient<Channel>, String> {
+    Ok(AgentClient::new(
+        transport
+            .named(name)
+            .lazy(address)
+            .map_err(|e| e.to_string())?,
+    )
+    .max_decoding_message_size(64 * 1024 * 1024))
+}
+
 /// The host of `host:port` (an IPv6 host keeps its brackets).
 pub fn host_of(address: &str) -> &str {
     address.rsplit_once(':').map_or(address, |(h, _)| h)
@@ -322,13 +337,7 @@ impl Registry {
             }
             entry.address.clone()
         };
-        let client = AgentClient::new(
-            transport
-                .named(name)
-                .lazy(&address)
-                .map_err(|e| e.to_string())?,
-        )
-        .max_decoding_message_size(64 * 1024 * 1024);
+        let client = dial(name, &address, transport)?;
         if let Some(entry) = self.write().get_mut(name) {
             if entry.address == address {
                 let (cached, _) = entry
@@ -338,6 +347,30 @@ impl Registry {
             }
         }
         Ok(client)
+    }
+
+    /// A client of its own for one call, not cached: a health probe. A probe must
+    /// not queue behind a connection attempt that another call (a fleet-wide read)
+    /// started to the same agent: it would fail at that attempt's deadline, before
+    /// its own timeout, and judge a node that hangs sooner than `probe_timeout`.
+    /// The same SPEC §9 refusal as `client` when the agent lacks `rpc`.
+    pub fn fresh_client(
+        &self,
+        name: &str,
+        rpc: &str,
+        transport: &ClientTransport,
+    ) -> Result<AgentClient<Channel>, String> {
+        let address = {
+            let nodes = self.read();
+            let entry = nodes
+                .get(name)
+                .ok_or_else(|| format!("node {name} is not registered"))?;
+            if let Some(refusal) = entry.lacks(rpc) {
+                return Err(refusal);
+            }
+            entry.address.clone()
+        };
+        dial(name, &address, transport)
     }
 
     /// Applies a heartbeat in one short write; Err when the node is not registered
@@ -833,5 +866,12 @@ mod tests {
             registry.read()["orion"].client.is_some(),
             "made again on use"
         );
+        registry.write().get_mut("orion").unwrap().client = None;
+        assert!(registry.fresh_client("orion", "Stop", &transport).is_ok());
+        assert!(
+            registry.read()["orion"].client.is_none(),
+            "a probe's client is its own"
+        );
+        assert!(registry.fresh_client("orion", "Probe", &transport).is_err());
     }
 }
