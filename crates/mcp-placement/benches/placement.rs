@@ -133,6 +133,13 @@ fn report(label: &str, n: usize, ok: usize, elapsed: Duration) {
 }
 
 fn main() {
+    run(1);
+}
+
+/// The whole benchmark with every run count divided by `div` (at least one run
+/// each): 1 for the figures, large for the suite's smoke run
+/// (`tests/bench_smoke.rs`), which only checks that every measurement still runs.
+pub(crate) fn run(div: usize) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let nodes = fleet(&mut rng);
     let workers: Vec<&NodeView> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
@@ -154,7 +161,7 @@ fn main() {
     );
 
     // Building the snapshot.
-    let runs = 50;
+    let runs = (50 / div).max(1) as u32;
     let mut total = Duration::ZERO;
     for _ in 0..runs {
         let copy = nodes.clone();
@@ -198,19 +205,29 @@ fn main() {
         })
         .collect();
 
-    measure("any worker (fixed snapshot)", 1_000_000, |i| {
-        snap.place(&any[i % n], None).is_ok()
-    });
-    measure("pool of 500 (fixed snapshot)", 1_000_000, |i| {
-        snap.place(&pool[i % n], None).is_ok()
-    });
-    measure("pinned node (fixed snapshot)", 1_000_000, |i| {
-        snap.place(&pinned[i % n], None).is_ok()
-    });
-    measure("redeploy, current node given", 1_000_000, |i| {
-        let (def, current) = &redeploy[i % n];
-        snap.place(def, Some(current)).is_ok()
-    });
+    measure(
+        "any worker (fixed snapshot)",
+        (1_000_000 / div).max(1),
+        |i| snap.place(&any[i % n], None).is_ok(),
+    );
+    measure(
+        "pool of 500 (fixed snapshot)",
+        (1_000_000 / div).max(1),
+        |i| snap.place(&pool[i % n], None).is_ok(),
+    );
+    measure(
+        "pinned node (fixed snapshot)",
+        (1_000_000 / div).max(1),
+        |i| snap.place(&pinned[i % n], None).is_ok(),
+    );
+    measure(
+        "redeploy, current node given",
+        (1_000_000 / div).max(1),
+        |i| {
+            let (def, current) = &redeploy[i % n];
+            snap.place(def, Some(current)).is_ok()
+        },
+    );
 
     // A batch: place and commit 10,000 new services into one snapshot.
     let batch: Vec<ServiceDef> = (0..10_000)
@@ -243,20 +260,26 @@ fn main() {
         },
         ..any[0].clone()
     };
-    measure("no node fits (5,000 rejections)", 200, |_| {
-        snap.place(&huge, None).is_ok()
-    });
+    measure(
+        "no node fits (5,000 rejections)",
+        (200 / div).max(1),
+        |_| snap.place(&huge, None).is_ok(),
+    );
 
     let huge_in_pool = ServiceDef {
         node: Some("pool-0".to_string()),
         ..huge.clone()
     };
-    measure("no node in a pool fits (500 rejections)", 2_000, |_| {
-        snap.place(&huge_in_pool, None).is_ok()
-    });
+    measure(
+        "no node in a pool fits (500 rejections)",
+        (2_000 / div).max(1),
+        |_| snap.place(&huge_in_pool, None).is_ok(),
+    );
 
     // The one-shot function builds a snapshot per call.
-    measure("one-shot place() (builds a snapshot)", 20, |i| {
-        place(&any[i % n], &nodes, &placed, None, master, &policy).is_ok()
-    });
+    measure(
+        "one-shot place() (builds a snapshot)",
+        (20 / div).max(1),
+        |i| place(&any[i % n], &nodes, &placed, None, master, &policy).is_ok(),
+    );
 }
