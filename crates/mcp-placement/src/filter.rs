@@ -33,6 +33,16 @@ pub enum Rejection {
     FreeMemoryFloor { free: u64, floor: u64 },
     /// Observed free disk below the policy's floor.
     FreeDiskFloor { free: u64, floor: u64 },
+    /// The node's agent refused the service's image: it does not carry the node's
+    /// platform (SPEC §3). Only the master knows this, from an agent's refusal; it
+    /// passes it in with [`crate::Snapshot::place_excluding`].
+    ImagePlatform {
+        image: String,
+        /// What the image carries: `linux/amd64`.
+        platforms: String,
+        /// The node's architecture.
+        node: Arch,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -71,6 +81,11 @@ impl fmt::Display for Rejection {
                 ByteSize(*free),
                 ByteSize(*floor)
             ),
+            Rejection::ImagePlatform {
+                image,
+                platforms,
+                node,
+            } => write!(f, "image {image} is {platforms}, node {node}"),
             Rejection::FreeDiskFloor { free, floor } => write!(
                 f,
                 "free disk {} below the floor of {}",

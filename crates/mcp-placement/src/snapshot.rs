@@ -58,6 +58,15 @@ enum Within {
 
 type RankKey = (Reverse<u64>, u32, u32);
 
+/// What one placement asks: the service's demand, its own current placement, and
+/// the nodes ruled out for it.
+type Asked<'a> = (&'a Demand<'a>, &'a [(u32, Units)], &'a [(u32, Rejection)]);
+
+/// Why node `i` is ruled out for this service, if it is.
+fn excluded(ex: &[(u32, Rejection)], i: u32) -> Option<&Rejection> {
+    ex.iter().find(|(j, _)| *j == i).map(|(_, why)| why)
+}
+
 fn rank(nodes: &[NodeState], i: u32) -> RankKey {
     let node = &nodes[i as usize];
     (Reverse(node.memory_left(node.used)), node.placed, i)
@@ -161,6 +170,23 @@ impl Snapshot {
         def: &ServiceDef,
         current: Option<&str>,
     ) -> Result<Placement, PlacementError> {
+        self.place_excluding(def, current, &[])
+    }
+
+    /// [`Snapshot::place`] with some nodes ruled out for this service alone, each
+    /// with the reason the error names (an agent refused the service's image, say).
+    /// Ranking is unchanged: the best node not ruled out wins.
+    pub fn place_excluding(
+        &self,
+        def: &ServiceDef,
+        current: Option<&str>,
+        excluded: &[(String, Rejection)],
+    ) -> Result<Placement, PlacementError> {
+        let ex: Vec<(u32, Rejection)> = excluded
+            .iter()
+            .filter_map(|(name, why)| Some((self.node_index(name)? as u32, why.clone())))
+            .collect();
+        let ex = ex.as_slice();
         let demand = Demand::of(def);
         let own: &[(u32, Units)] = self.placements.get(&def.name).map_or(&[], |v| v.as_slice());
         match (&def.node, def.tier) {
@@ -169,14 +195,13 @@ impl Snapshot {
                     return self.place_on(
                         i,
                         def,
-                        &demand,
-                        own,
+                        (&demand, own, ex),
                         Scope::Node(target.clone()),
                         || format!("pinned to {target}"),
                     );
                 }
                 match self.pools.binary_search_by(|p| p.name.as_str().cmp(target)) {
-                    Ok(p) => self.place_within(Within::Pool(p), def, &demand, own, current),
+                    Ok(p) => self.place_within(Within::Pool(p), def, (&demand, own, ex), current),
                     Err(_) => Err(PlacementError::UnknownTarget {
                         service: def.name.clone(),
                         target: target.clone(),
@@ -187,8 +212,7 @@ impl Snapshot {
                 Some(i) => self.place_on(
                     i,
                     def,
-                    &demand,
-                    own,
+                    (&demand, own, ex),
                     Scope::Master(self.master.clone()),
                     || format!("core tier: master node {}", self.master),
                 ),
@@ -197,7 +221,9 @@ impl Snapshot {
                     master: self.master.clone(),
                 }),
             },
-            (None, Tier::Worker) => self.place_within(Within::All, def, &demand, own, current),
+            (None, Tier::Worker) => {
+                self.place_within(Within::All, def, (&demand, own, ex), current)
+            }
         }
     }
 
@@ -246,6 +272,20 @@ impl Snapshot {
         self.nodes[i as usize].check(self.used_without(i, own), demand, &self.policy)
     }
 
+    /// [`Snapshot::check`], a node ruled out for this service first.
+    fn check_excluding(
+        &self,
+        i: u32,
+        demand: &Demand<'_>,
+        own: &[(u32, Units)],
+        ex: &[(u32, Rejection)],
+    ) -> Result<(), Rejection> {
+        match excluded(ex, i) {
+            Some(why) => Err(why.clone()),
+            None => self.check(i, demand, own),
+        }
+    }
+
     fn in_scope(&self, i: u32, within: Within) -> bool {
         match within {
             Within::All => true,
@@ -258,13 +298,12 @@ impl Snapshot {
         &self,
         i: usize,
         def: &ServiceDef,
-        demand: &Demand<'_>,
-        own: &[(u32, Units)],
+        (demand, own, ex): Asked<'_>,
         scope: Scope,
         reason: impl FnOnce() -> String,
     ) -> Result<Placement, PlacementError> {
         let node = &self.nodes[i];
-        match self.check(i as u32, demand, own) {
+        match self.check_excluding(i as u32, demand, own, ex) {
             Ok(()) => Ok(Placement {
                 node: node.name.clone(),
                 reason: reason(),
@@ -282,13 +321,12 @@ impl Snapshot {
         &self,
         within: Within,
         def: &ServiceDef,
-        demand: &Demand<'_>,
-        own: &[(u32, Units)],
+        (demand, own, ex): Asked<'_>,
         current: Option<&str>,
     ) -> Result<Placement, PlacementError> {
         if let Some(i) = current.and_then(|c| self.node_index(c)) {
             let i = i as u32;
-            if self.in_scope(i, within) && self.check(i, demand, own).is_ok() {
+            if self.in_scope(i, within) && self.check_excluding(i, demand, own, ex).is_ok() {
                 let name = &self.nodes[i as usize].name;
                 return Ok(Placement {
                     node: name.clone(),
@@ -296,8 +334,8 @@ impl Snapshot {
                 });
             }
         }
-        let Some(i) = self.best(within, demand, own) else {
-            return Err(self.rejected(within, def, demand, own));
+        let Some(i) = self.best(within, demand, own, ex) else {
+            return Err(self.rejected(within, def, demand, own, ex));
         };
         let node = self.nodes[i as usize].name.clone();
         let reason = match within {
@@ -310,7 +348,13 @@ impl Snapshot {
     /// The fast path: the first node in rank order that fits, compared with
     /// the nodes hosting the service itself (whose rank changes once its own
     /// requests are left out).
-    fn best(&self, within: Within, demand: &Demand<'_>, own: &[(u32, Units)]) -> Option<u32> {
+    fn best(
+        &self,
+        within: Within,
+        demand: &Demand<'_>,
+        own: &[(u32, Units)],
+        ex: &[(u32, Rejection)],
+    ) -> Option<u32> {
         let order = match within {
             Within::All => &self.order,
             Within::Pool(p) => &self.pools[p].order,
@@ -321,7 +365,7 @@ impl Snapshot {
             if node.memory_left(node.used) < demand.requests.memory {
                 break; // every later node has less left still
             }
-            if own.iter().any(|(j, _)| *j == i) {
+            if own.iter().any(|(j, _)| *j == i) || excluded(ex, i).is_some() {
                 continue;
             }
             if node.fits(node.used, demand) {
@@ -331,7 +375,7 @@ impl Snapshot {
         }
         for &(i, _) in own {
             let node = &self.nodes[i as usize];
-            if !node.eligible || !self.in_scope(i, within) {
+            if !node.eligible || !self.in_scope(i, within) || excluded(ex, i).is_some() {
                 continue;
             }
             let used = self.used_without(i, own);
@@ -357,8 +401,12 @@ impl Snapshot {
         def: &ServiceDef,
         demand: &Demand<'_>,
         own: &[(u32, Units)],
+        ex: &[(u32, Rejection)],
     ) -> PlacementError {
         let check = |i: u32| {
+            if let Some(why) = excluded(ex, i) {
+                return Some((self.nodes[i as usize].name.clone(), why.clone()));
+            }
             let why = self.check(i, demand, own);
             debug_assert!(
                 why.is_err(),

@@ -661,3 +661,58 @@ fn duplicate_names_keep_the_first() {
         "no node can run \"x\": a: memory 2GiB requested, 1GiB free"
     );
 }
+
+#[test]
+fn nodes_ruled_out_for_one_service() {
+    let nodes = [
+        node("hyperborea", |n| n.arch = Arch::Arm64),
+        node("orion", |_| {}),
+        node("rift", |_| {}),
+    ];
+    let snapshot = Snapshot::new(nodes.to_vec(), &[], Policy::default(), "rift");
+    let def = svc("hello", |_| {});
+    let refused = |node: &str| {
+        (
+            node.to_string(),
+            Rejection::ImagePlatform {
+                image: "mcp-test/hello:1".to_string(),
+                platforms: "linux/amd64".to_string(),
+                node: Arch::Arm64,
+            },
+        )
+    };
+    // Ties by name: hyperborea first, then the next best once it is ruled out.
+    assert_eq!(
+        snapshot.place(&def, None),
+        ok("hyperborea", "most free memory")
+    );
+    let ex = [refused("hyperborea")];
+    assert_eq!(
+        snapshot.place_excluding(&def, None, &ex),
+        ok("orion", "most free memory")
+    );
+    // A redeploy does not stay on a node ruled out for it.
+    assert_eq!(
+        snapshot.place_excluding(&def, Some("hyperborea"), &ex),
+        ok("orion", "most free memory")
+    );
+    // Every node ruled out: each is named with its reason.
+    let all = [refused("hyperborea"), refused("orion"), refused("rift")];
+    assert_eq!(
+        err_text(snapshot.place_excluding(&def, None, &all)),
+        "no node can run \"hello\": hyperborea: image mcp-test/hello:1 is linux/amd64, node \
+         arm64; orion: image mcp-test/hello:1 is linux/amd64, node arm64; rift: image \
+         mcp-test/hello:1 is linux/amd64, node arm64"
+    );
+    // A pinned node ruled out is rejected with the reason, never replaced.
+    let pinned = svc("hello", |d| d.node = Some("hyperborea".to_string()));
+    assert_eq!(
+        err_text(snapshot.place_excluding(&pinned, None, &ex)),
+        "node \"hyperborea\" cannot run \"hello\": image mcp-test/hello:1 is linux/amd64, node arm64"
+    );
+    // Unknown names are ignored.
+    assert_eq!(
+        snapshot.place_excluding(&def, None, &[refused("nowhere")]),
+        ok("hyperborea", "most free memory")
+    );
+}
