@@ -13,8 +13,6 @@
 //! platform verifier is pulled in.
 
 use std::future::Future;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -378,19 +376,7 @@ impl AccountStore {
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("account file has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    mcp_pki::ca::write_file(path, data, 0o600)?;
     Ok(())
 }
 
@@ -508,6 +494,8 @@ fn system_bundle() -> anyhow::Result<(String, PathBuf)> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

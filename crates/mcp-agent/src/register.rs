@@ -45,6 +45,10 @@ pub fn state_digest(
         text.push_str(&format!("{}={};", s.name, s.desired));
         for c in &s.components {
             text.push_str(&format!("{}={};", c.name, c.observed));
+            // An OOM kill is news for the master even when the instance runs again.
+            if c.oom_kills > 0 {
+                text.push_str(&format!("oom {} {};", c.oom_kills, c.last_oom_at));
+            }
         }
     }
     for r in edge_routes {

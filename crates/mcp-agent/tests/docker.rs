@@ -67,6 +67,7 @@ async fn list_reports_start_times_across_heartbeats_and_restarts() {
         volumes: Vec::new(),
         restart: RestartPolicy::No,
         workdir: None,
+        limits: Default::default(),
     };
     docker.create(&instance).await.unwrap();
     let listed = docker.list().await.unwrap();

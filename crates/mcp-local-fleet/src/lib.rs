@@ -679,6 +679,7 @@ impl Drop for Fleet {
 pub fn remove_instances(spec: &FleetSpec) -> Vec<String> {
     let mut problems = Vec::new();
     kill_exec_instances(&spec.dir, &mut problems);
+    remove_exec_cgroups(spec, &mut problems);
     if spec.runtime != "exec" {
         for node in &spec.nodes {
             let services = known_services(spec, &node.name);
@@ -768,6 +769,43 @@ fn remove_containers(
 
 /// SIGKILLs the process group of every `mcp-agent supervise DIR` with DIR under
 /// `root`: the supervisor and the instance it runs (which stays in its group).
+/// Removes the cgroups of the exec instances of `spec`'s agents (the paths their
+/// `instance.json` records), once their processes are gone.
+fn remove_exec_cgroups(spec: &FleetSpec, problems: &mut Vec<String>) {
+    for node in &spec.nodes {
+        let exec = spec.dir.join(&node.name).join("data/exec");
+        let Ok(entries) = std::fs::read_dir(&exec) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path().join("instance.json")) else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let dirs = spec["cgroup"]["dirs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for dir in dirs.iter().filter_map(|d| d["path"].as_str()) {
+                // A killed process leaves its cgroup a moment after the signal.
+                let gone = (0..50).any(|_| match std::fs::remove_dir(dir) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        false
+                    }
+                });
+                if !gone {
+                    problems.push(format!("remove cgroup {dir}"));
+                }
+            }
+        }
+    }
+}
+
 fn kill_exec_instances(root: &Path, problems: &mut Vec<String>) {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let Ok(entries) = std::fs::read_dir("/proc") else {

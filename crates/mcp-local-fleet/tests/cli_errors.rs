@@ -105,6 +105,7 @@ fn every_command_exits_by_class_with_a_json_error() {
     // Usage: exit 2, usage errors from clap included.
     for args in [
         &["--json", "frobnicate"][..],
+        &["--json", "logout", "extra"],
         &["--json", "logs"],
         &["--json", "deploy"],
         &["--json", "node", "show"],
@@ -166,6 +167,16 @@ fn every_command_exits_by_class_with_a_json_error() {
         Some("x"),
     );
     expect_error(&out, 3, "login to no master");
+    // logout to no master: exit 3, and the token is kept (it was not revoked), so
+    // the same config still works against the real master.
+    let message = expect_error(
+        &mcp(&["--json", "--master", "127.0.5.1:1", "logout"]),
+        3,
+        "logout to no master",
+    );
+    assert!(message.contains("was not revoked"), "{message}");
+    let out = mcp(&["--json", "list"]);
+    assert!(out.status.success(), "list after a failed logout: {out:?}");
 
     // The credentials refused: exit 3. A token that is not one, and a wrong password.
     std::fs::write(dir.join("bogus-token"), "not-a-token").unwrap();
@@ -188,6 +199,14 @@ fn every_command_exits_by_class_with_a_json_error() {
         Some("wrong password"),
     );
     expect_error(&out, 3, "login with a wrong password");
+    // logout with a token the master refuses: nothing to revoke there, so the
+    // local copy goes and the answer says it was not revoked (exit 0).
+    let out = run(&fleet, &bogus, &["--json", "logout"], None);
+    assert!(out.status.success(), "logout of a bogus token: {out:?}");
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["logged_out"], true, "{value}");
+    assert_eq!(value["revoked"], false, "{value}");
+    assert!(!dir.join("bogus-token").exists());
 
     // The operation failed: exit 1.
     for args in [

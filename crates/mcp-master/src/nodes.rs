@@ -232,6 +232,10 @@ impl Nodes for NodeService {
                 );
             }
         }
+        let before = known.as_ref().map_or(&[][..], |k| &k.services[..]);
+        for message in crate::registry::oom_news(&r.name, before, &services) {
+            registry.event(&r.name, message);
+        }
         if r.state_unknown && known.as_ref().is_none_or(|k| k.state_known) {
             registry.event(
                 &r.name,

@@ -206,6 +206,38 @@ fn observed(r: &EdgeRoute) -> Observed {
     }
 }
 
+/// The OOM kills `after` reports that `before` did not (SPEC §3: an OOM kill is an
+/// event the master shows, not a silent restart), one message per component.
+pub fn oom_news(node: &str, before: &[ServiceStatus], after: &[ServiceStatus]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in after {
+        for c in s.components.iter().filter(|c| c.oom_kills > 0) {
+            let seen = before
+                .iter()
+                .filter(|b| b.name == s.name)
+                .flat_map(|b| &b.components)
+                .find(|b| b.name == c.name)
+                .map_or(0, |b| b.oom_kills);
+            if c.oom_kills <= seen {
+                continue;
+            }
+            let limit = match c.memory_limit {
+                0 => String::new(),
+                bytes => format!(" of {}", mcp_types::ByteSize(bytes)),
+            };
+            let times = match c.oom_kills {
+                1 => "once".to_string(),
+                n => format!("{n} times"),
+            };
+            out.push(format!(
+                "{}/{} on {node}: killed at its memory limit{limit} (out of memory; {times} since the instance was created)",
+                s.name, c.name
+            ));
+        }
+    }
+    out
+}
+
 /// A recent health or lifecycle event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -559,20 +591,39 @@ impl Registry {
 
     /// Records a service's status as reported by `node` (None: it is gone there).
     pub fn set_service(&self, node: &str, service: &str, status: Option<ServiceStatus>) {
-        let mut nodes = self.write();
-        if let Some(entry) = nodes.get_mut(node) {
+        let news = {
+            let mut nodes = self.write();
+            let Some(entry) = nodes.get_mut(node) else {
+                return;
+            };
+            let news = status
+                .as_ref()
+                .map(|s| oom_news(node, &entry.services, std::slice::from_ref(s)))
+                .unwrap_or_default();
             entry.services.retain(|s| s.name != service);
             if let Some(status) = status {
                 entry.services.push(status);
                 entry.services.sort_by(|a, b| a.name.cmp(&b.name));
             }
+            news
+        };
+        for message in news {
+            self.event(node, message);
         }
     }
 
     /// Replaces a node's whole service list.
     pub fn set_services(&self, node: &str, services: Vec<ServiceStatus>) {
-        if let Some(entry) = self.write().get_mut(node) {
-            entry.services = services;
+        let news = match self.write().get_mut(node) {
+            Some(entry) => {
+                let news = oom_news(node, &entry.services, &services);
+                entry.services = services;
+                news
+            }
+            None => Vec::new(),
+        };
+        for message in news {
+            self.event(node, message);
         }
     }
 
@@ -873,5 +924,38 @@ mod tests {
             "a probe's client is its own"
         );
         assert!(registry.fresh_client("orion", "Probe", &transport).is_err());
+    }
+
+    #[test]
+    fn an_oom_kill_is_news_once() {
+        let hog = |kills: u32| {
+            let mut s = copy("hog", 1);
+            s.components = vec![mcp_proto::agent::v1::ComponentStatus {
+                name: "web".to_string(),
+                memory_limit: 32 << 20,
+                oom_kills: kills,
+                ..Default::default()
+            }];
+            s
+        };
+        assert!(oom_news("n1", &[], &[hog(0)]).is_empty());
+        let news = oom_news("n1", &[hog(0)], &[hog(1)]);
+        assert_eq!(
+            news,
+            vec!["hog/web on n1: killed at its memory limit of 32MiB (out of memory; once since the instance was created)"]
+        );
+        assert!(oom_news("n1", &[hog(1)], &[hog(1)]).is_empty());
+        assert!(oom_news("n1", &[hog(1)], &[hog(3)])[0].contains("3 times"));
+        // First sight (a restarted master): said once.
+        assert_eq!(oom_news("n1", &[], &[hog(2)]).len(), 1);
+
+        let registry = Registry::default();
+        registry.write().insert("n1".to_string(), entry("n1", "a"));
+        registry.set_services("n1", vec![hog(0)]);
+        registry.set_service("n1", "hog", Some(hog(1)));
+        registry.set_services("n1", vec![hog(1)]);
+        let events: Vec<String> = registry.events().into_iter().map(|e| e.message).collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0].starts_with("hog/web on n1: killed"), "{events:?}");
     }
 }

@@ -5,7 +5,7 @@
 //! without trusting the fleet.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -55,19 +55,25 @@ impl CaKind {
     }
 }
 
-/// Writes a file with the given mode, replacing it atomically.
+/// Writes a file with the given mode, replacing it atomically: a temporary file
+/// (tempfile's, created with `mode` from the start, in the same directory) is
+/// written, synced and renamed over `path`, so a reader sees the old contents or
+/// the new, never part of either.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    f.write_all(data).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("rename", path))
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    tmp.write_all(data).map_err(io("write", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io("sync", path))?;
+    tmp.persist(path)
+        .map_err(|e| io("rename a temporary file to", path)(e.error))?;
+    Ok(())
 }
 
 fn ca_params(kind: CaKind) -> CertificateParams {
@@ -215,7 +221,6 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::cert::{cert_from_pem, cert_is_for, chains_to, validity};
-    use std::os::unix::fs::PermissionsExt;
 
     /// A certificate for `orion` from a throwaway CA.
     pub(crate) fn issue_one(life: Duration) -> CertificateDer<'static> {
@@ -223,6 +228,28 @@ pub(crate) mod tests {
         let ca = Ca::create(dir.path()).unwrap();
         let issued = ca.issue(&["orion".to_string()], life).unwrap();
         cert_from_pem(&issued.cert_pem).unwrap()
+    }
+
+    #[test]
+    fn write_file_replaces_whole_files_with_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        write_file(&path, b"first", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert_eq!(mode(&path), 0o600);
+        write_file(&path, b"second, longer", 0o644).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
+        assert_eq!(mode(&path), 0o644);
+        // Nothing else is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
+        // A missing directory is an error naming it, not a panic.
+        let err = write_file(&dir.path().join("no/such/file"), b"x", 0o600).unwrap_err();
+        assert!(err.to_string().contains("no/such"), "{err}");
     }
 
     #[test]

@@ -70,6 +70,8 @@ fn component_to_wire(c: &Component) -> wire::ComponentSpec {
                 proxy_protocol: r.proxy_protocol,
             })
             .collect(),
+        memory: c.memory.map(|m| m.0),
+        cpu: c.cpu,
     }
 }
 
@@ -196,6 +198,8 @@ fn component_from_wire(i: usize, c: wire::ComponentSpec) -> Result<Component, Sp
         volumes,
         restart,
         routes,
+        memory: c.memory.map(mcp_types::ByteSize),
+        cpu: c.cpu,
     })
 }
 

@@ -436,33 +436,9 @@ impl Reader {
     fn resources(&mut self, t: &DeTable<'_>) -> crate::service::Resources {
         let at = "resources";
         self.keys(t, at, &["cpu", "memory", "disk", "arch"]);
-        let cpu = get(t, "cpu").and_then(|value| match value.get_ref() {
-            DeValue::Float(f) => f.as_str().parse::<f64>().ok().or_else(|| {
-                self.report(
-                    value.span().start,
-                    "resources.cpu".into(),
-                    format!("cpu {:?} is not a number", f.as_str()),
-                );
-                None
-            }),
-            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => Some(n as f64),
-                Err(_) => {
-                    self.report(
-                        value.span().start,
-                        "resources.cpu".into(),
-                        format!("cpu {i} is out of range"),
-                    );
-                    None
-                }
-            },
-            _ => {
-                self.wrong_type(value, "resources.cpu".into(), "a number of cores");
-                None
-            }
-        });
-        let memory = self.size(t, "memory");
-        let disk = self.size(t, "disk");
+        let cpu = self.cores(t, at);
+        let memory = self.size(t, at, "memory");
+        let disk = self.size(t, at, "disk");
         let mut arch = Vec::new();
         let names = self.strings(t, at, "arch").unwrap_or_default();
         for (i, name) in names.iter().enumerate() {
@@ -485,9 +461,36 @@ impl Reader {
         }
     }
 
-    fn size(&mut self, t: &DeTable<'_>, key: &str) -> Option<ByteSize> {
+    /// `cpu`: a number of cores, integer or float.
+    fn cores(&mut self, t: &DeTable<'_>, parent: &str) -> Option<f64> {
+        let value = get(t, "cpu")?;
+        let path = join(parent, "cpu");
+        match value.get_ref() {
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok().or_else(|| {
+                self.report(
+                    value.span().start,
+                    path,
+                    format!("cpu {:?} is not a number", f.as_str()),
+                );
+                None
+            }),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(n as f64),
+                Err(_) => {
+                    self.report(value.span().start, path, format!("cpu {i} is out of range"));
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(value, path, "a number of cores");
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, t: &DeTable<'_>, parent: &str, key: &str) -> Option<ByteSize> {
         let value = get(t, key)?;
-        let path = format!("resources.{key}");
+        let path = join(parent, key);
         let parsed = match value.get_ref() {
             DeValue::String(s) => s.parse::<ByteSize>(),
             DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
@@ -514,6 +517,7 @@ impl Reader {
             at,
             &[
                 "name", "driver", "image", "command", "env", "volumes", "restart", "routes",
+                "memory", "cpu",
             ],
         );
         let name = self.string(t, at, "name").unwrap_or_default();
@@ -559,6 +563,8 @@ impl Reader {
                 None => placeholder_route(),
             })
             .collect();
+        let memory = self.size(t, at, "memory");
+        let cpu = self.cores(t, at);
         Component {
             name,
             driver,
@@ -568,6 +574,8 @@ impl Reader {
             volumes,
             restart,
             routes,
+            memory,
+            cpu,
         }
     }
 
@@ -701,6 +709,8 @@ fn placeholder_component() -> Component {
         volumes: Vec::new(),
         restart: RestartPolicy::default(),
         routes: Vec::new(),
+        memory: None,
+        cpu: None,
     }
 }
 
@@ -909,6 +919,12 @@ impl ServiceDef {
                 writeln!(out, "volumes = {}", toml_strings(&texts))?;
             }
             writeln!(out, "restart = {}", toml_string(c.restart.as_str()))?;
+            if let Some(memory) = c.memory {
+                writeln!(out, "memory = {}", toml_string(&memory.to_string()))?;
+            }
+            if let Some(cpu) = c.cpu {
+                writeln!(out, "cpu = {}", toml::Value::Float(cpu))?;
+            }
             for r in &c.routes {
                 writeln!(out, "\n[[components.routes]]")?;
                 writeln!(out, "name = {}", toml_string(&r.name))?;

@@ -4,6 +4,7 @@
 
 pub mod definition;
 pub mod duration;
+pub mod limits;
 pub mod name;
 pub mod node;
 mod order;
@@ -13,6 +14,7 @@ mod validate;
 
 pub use definition::{parse_definition, DefinitionError, Problem};
 pub use duration::parse_duration;
+pub use limits::Limits;
 pub use node::{Health, Role};
 pub use service::*;
 pub use size::ByteSize;

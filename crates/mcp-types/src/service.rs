@@ -133,6 +133,13 @@ pub struct Component {
     /// The ports it serves.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Its own share of `[resources] memory`, its hard memory limit; else an even
+    /// split of what the service's memory leaves (`ServiceDef::limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// Its own share of `[resources] cpu` (cores), its CPU quota; else an even split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
 }
 
 /// How the agent runs a component.

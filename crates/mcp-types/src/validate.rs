@@ -7,6 +7,10 @@ use crate::name::{check_dns_label, check_hostname};
 use crate::service::{
     Component, Driver, FieldError, Route, RouteMode, ServiceDef, Volume, MAX_COMPONENTS, MAX_ROUTES,
 };
+use crate::size::ByteSize;
+
+/// How far floating-point sums of cores may stray before they count as more.
+const CPU_EPSILON: f64 = 1e-9;
 
 /// Collects problems in the order the rules find them.
 struct Errors(Vec<FieldError>);
@@ -24,6 +28,7 @@ impl ServiceDef {
         self.check_names(&mut errors);
         self.check_resources(&mut errors);
         self.check_components(&mut errors);
+        self.check_limits(&mut errors);
         if errors.0.is_empty() {
             Ok(())
         } else {
@@ -82,6 +87,95 @@ impl ServiceDef {
                 errors.push(
                     format!("resources.arch[{i}]"),
                     format!("arch {:?} is listed twice", arch.as_str()),
+                );
+            }
+        }
+    }
+
+    /// Components' own `memory`/`cpu`: positive, within the service's `[resources]`
+    /// value when it has one, and leaving something for the components without their
+    /// own (a share of 0 would mean "unlimited" to a container runtime).
+    fn check_limits(&self, errors: &mut Errors) {
+        for (i, c) in self.components.iter().enumerate() {
+            if c.memory.is_some_and(|m| m.0 == 0) {
+                errors.push(
+                    format!("components[{i}].memory"),
+                    "memory must be more than 0 bytes; leave it out to take a share of [resources] memory",
+                );
+            }
+            if let Some(cpu) = c.cpu {
+                if !cpu.is_finite() || cpu <= 0.0 {
+                    errors.push(
+                        format!("components[{i}].cpu"),
+                        format!("cpu {cpu} is not a positive number of cores, e.g. 0.25"),
+                    );
+                }
+            }
+        }
+        let unset = |has: &dyn Fn(&Component) -> bool| -> Vec<&str> {
+            self.components
+                .iter()
+                .filter(|c| !has(c))
+                .map(|c| c.name.as_str())
+                .collect()
+        };
+        if let Some(total) = self.resources.memory.filter(|t| t.0 > 0) {
+            let mut sum = 0u64;
+            let mut over = false;
+            for (i, c) in self.components.iter().enumerate() {
+                let Some(own) = c.memory.filter(|m| m.0 > 0) else {
+                    continue;
+                };
+                sum = sum.saturating_add(own.0);
+                if sum > total.0 && !over {
+                    over = true;
+                    errors.push(
+                        format!("components[{i}].memory"),
+                        format!(
+                            "the components' own memory adds up to {} here, more than the service's [resources] memory {total}",
+                            ByteSize(sum)
+                        ),
+                    );
+                }
+            }
+            let others = unset(&|c| c.memory.is_some());
+            let left = total.0.saturating_sub(sum);
+            if !over && !others.is_empty() && left / (others.len() as u64) == 0 {
+                errors.push(
+                    "resources.memory",
+                    format!(
+                        "memory {total} leaves nothing for {} after the components' own memory",
+                        others.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(total) = self.resources.cpu.filter(|t| t.is_finite() && *t > 0.0) {
+            let mut sum = 0.0;
+            let mut over = false;
+            for (i, c) in self.components.iter().enumerate() {
+                let Some(own) = c.cpu.filter(|c| c.is_finite() && *c > 0.0) else {
+                    continue;
+                };
+                sum += own;
+                if sum > total + CPU_EPSILON && !over {
+                    over = true;
+                    errors.push(
+                        format!("components[{i}].cpu"),
+                        format!(
+                            "the components' own cpu adds up to {sum} here, more than the service's [resources] cpu {total}"
+                        ),
+                    );
+                }
+            }
+            let others = unset(&|c| c.cpu.is_some());
+            if !over && !others.is_empty() && total - sum <= CPU_EPSILON {
+                errors.push(
+                    "resources.cpu",
+                    format!(
+                        "cpu {total} leaves nothing for {} after the components' own cpu",
+                        others.join(", ")
+                    ),
                 );
             }
         }
@@ -366,6 +460,8 @@ mod tests {
                     backend_tls: true,
                     proxy_protocol: false,
                 }],
+                memory: None,
+                cpu: None,
             }],
         }
     }
@@ -462,6 +558,64 @@ mod tests {
                 |d| d.resources.arch = vec![Arch::Arm64, Arch::Arm64],
                 "resources.arch[1]",
                 "\"arm64\" is listed twice",
+            ),
+            (
+                "component memory zero",
+                |d| d.components[0].memory = Some(ByteSize(0)),
+                "components[0].memory",
+                "more than 0 bytes",
+            ),
+            (
+                "component cpu negative",
+                |d| d.components[0].cpu = Some(-1.0),
+                "components[0].cpu",
+                "cpu -1 is not a positive",
+            ),
+            (
+                "component memory over the service's",
+                |d| {
+                    d.resources.memory = Some(ByteSize::mib(64));
+                    d.components[0].memory = Some(ByteSize::mib(65));
+                },
+                "components[0].memory",
+                "adds up to 65MiB here, more than the service's [resources] memory 64MiB",
+            ),
+            (
+                "component cpu over the service's",
+                |d| {
+                    d.resources.cpu = Some(0.5);
+                    d.components[0].cpu = Some(0.75);
+                },
+                "components[0].cpu",
+                "adds up to 0.75 here, more than the service's [resources] cpu 0.5",
+            ),
+            (
+                "nothing left for the others",
+                |d| {
+                    d.resources.memory = Some(ByteSize::mib(64));
+                    d.components[0].memory = Some(ByteSize::mib(64));
+                    let mut other = d.components[0].clone();
+                    other.name = "worker".into();
+                    other.routes.clear();
+                    other.memory = None;
+                    d.components.push(other);
+                },
+                "resources.memory",
+                "memory 64MiB leaves nothing for worker",
+            ),
+            (
+                "no cpu left for the others",
+                |d| {
+                    d.resources.cpu = Some(1.0);
+                    d.components[0].cpu = Some(1.0);
+                    let mut other = d.components[0].clone();
+                    other.name = "worker".into();
+                    other.routes.clear();
+                    other.cpu = None;
+                    d.components.push(other);
+                },
+                "resources.cpu",
+                "cpu 1 leaves nothing for worker",
             ),
             (
                 "no components",

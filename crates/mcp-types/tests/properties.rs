@@ -28,7 +28,7 @@ fn text_without_nul() -> impl Strategy<Value = String> {
 
 fn size() -> impl Strategy<Value = ByteSize> {
     prop_oneof![
-        (1u64..=u64::MAX).prop_map(ByteSize),
+        (64u64..=u64::MAX).prop_map(ByteSize),
         (1u64..4096).prop_map(ByteSize::mib),
     ]
 }
@@ -127,9 +127,22 @@ fn component(service: String, name: String) -> impl Strategy<Value = Component> 
         volumes(service),
         prop::sample::select(RestartPolicy::ALL.to_vec()),
         routes(),
+        prop::option::of((1u64..4096).prop_map(ByteSize::mib)),
+        prop::option::of(prop_oneof![0.01f64..4.0, (1u32..4).prop_map(f64::from)]),
     )
         .prop_map(
-            move |(exec, image, mut command, program, env, volumes, restart, routes)| {
+            move |(
+                exec,
+                image,
+                mut command,
+                program,
+                env,
+                volumes,
+                restart,
+                routes,
+                memory,
+                cpu,
+            )| {
                 let (driver, image) = if exec {
                     command.insert(0, program);
                     (Driver::Exec, None)
@@ -145,6 +158,8 @@ fn component(service: String, name: String) -> impl Strategy<Value = Component> 
                     volumes,
                     restart,
                     routes,
+                    memory,
+                    cpu,
                 }
             },
         )
@@ -175,13 +190,35 @@ fn service_def() -> impl Strategy<Value = ServiceDef> {
             )
         })
         .prop_map(
-            |(name, tier, node, depends_on, resources, components)| ServiceDef {
-                name,
-                tier,
-                node,
-                depends_on,
-                resources,
-                components,
+            |(name, tier, node, depends_on, mut resources, components)| {
+                // The service's values hold the components' own and leave some for the rest.
+                let unset = |f: fn(&Component) -> bool| components.iter().filter(|c| !f(c)).count();
+                if let Some(total) = resources.memory {
+                    let own: u64 = components
+                        .iter()
+                        .filter_map(|c| c.memory)
+                        .map(|m| m.0)
+                        .sum();
+                    let rest = unset(|c| c.memory.is_some()) as u64;
+                    if own.saturating_add(rest) > total.0 {
+                        resources.memory = Some(ByteSize(own + rest * (1 << 20)));
+                    }
+                }
+                if let Some(total) = resources.cpu {
+                    let own: f64 = components.iter().filter_map(|c| c.cpu).sum();
+                    let rest = unset(|c| c.cpu.is_some()) as f64;
+                    if own + rest * 0.01 > total {
+                        resources.cpu = Some(own + rest * 0.5 + 0.5);
+                    }
+                }
+                ServiceDef {
+                    name,
+                    tier,
+                    node,
+                    depends_on,
+                    resources,
+                    components,
+                }
             },
         )
 }

@@ -374,12 +374,37 @@ pub fn service_json(s: &ServiceStatus) -> Value {
             "image": c.image,
             "started_at": (c.started_at > 0).then(|| rfc3339(c.started_at)),
             "detail": c.detail,
+            "memory_limit": (c.memory_limit > 0).then_some(c.memory_limit),
+            "cpu_limit": (c.cpu_limit > 0.0).then_some(c.cpu_limit),
+            "limits_enforced": c.limits_enforced,
+            "limits_warning": (!c.limits_warning.is_empty()).then_some(&c.limits_warning),
+            "oom_kills": c.oom_kills,
+            "last_oom_at": (c.last_oom_at > 0).then(|| rfc3339(c.last_oom_at)),
             "routes": c.routes.iter().map(|r| json!({
                 "name": r.name, "port": r.port, "address": r.address, "mode": r.mode,
                 "public": r.public, "hostname": r.hostname,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A component's limits for people: `64MiB 0.5cpu`, `-` without any, and
+/// `(not enforced)` after limits the runtime does not enforce.
+pub fn limits_cell(c: &mcp_proto::agent::v1::ComponentStatus) -> String {
+    let mut parts = Vec::new();
+    if c.memory_limit > 0 {
+        parts.push(mcp_types::ByteSize(c.memory_limit).to_string());
+    }
+    if c.cpu_limit > 0.0 {
+        parts.push(format!("{}cpu", c.cpu_limit));
+    }
+    if parts.is_empty() {
+        return "-".to_string();
+    }
+    if !c.limits_enforced {
+        parts.push("(not enforced)".to_string());
+    }
+    parts.join(" ")
 }
 
 pub fn event_json(e: &wire::Event) -> Value {

@@ -89,12 +89,14 @@ impl Node {
         if exec {
             env.push(("MCP_ADDR".to_string(), self.ip.to_string()));
         }
+        let limits = def.limits_of(&component.name);
         let digest = identity(
             &def.name,
             &self.name,
             &self.ip.to_string(),
             component,
             &routes,
+            &limits,
         );
         Ok(Instance {
             service: def.name.clone(),
@@ -124,12 +126,14 @@ impl Node {
             } else {
                 None
             },
+            limits,
         })
     }
 
     /// Is `observed` the instance `instance` describes? Its label is the current
     /// identity, or the legacy one of the same definition (an instance the previous
-    /// agent created, adopted as it is).
+    /// agent created, adopted as it is; never when the component has limits, which
+    /// legacy instances were created without).
     fn is_same(
         &self,
         observed: &Observed,
@@ -141,8 +145,10 @@ impl Node {
             let ports: Vec<(u16, u16)> = routes.iter().map(|(_, p, h)| (*p, *h)).collect();
             legacy_digest(&record.def.name, &self.name, component, &ports)
         });
-        let legacy = legacy.unwrap_or_default();
-        same_identity(&observed.digest, &instance.digest, &legacy)
+        match legacy.ok().filter(|_| instance.limits.is_none()) {
+            Some(legacy) => same_identity(&observed.digest, &instance.digest, &legacy),
+            None => observed.digest == instance.digest,
+        }
     }
 
     /// Host ports for every route: kept from the previous record where the route
@@ -228,8 +234,18 @@ impl Node {
         };
         match result {
             Ok(()) => {
+                let status = self.status_of(&record).await?;
+                // Limits the host cannot enforce do not fail the deploy: they are said.
+                for c in status
+                    .components
+                    .iter()
+                    .filter(|c| !c.limits_warning.is_empty())
+                {
+                    let warning = format!("warning: {}", c.limits_warning);
+                    step(events, "limits", &c.name, warning).await;
+                }
                 step(events, "done", "", "running").await;
-                Ok(self.status_of(&record).await?)
+                Ok(status)
             }
             Err(failure) => Err(self
                 .undo(&def.name, previous.as_ref(), &created, failure, events)

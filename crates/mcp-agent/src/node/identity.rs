@@ -8,7 +8,8 @@
 //! Labels written by the first agents (an unprefixed digest) are recognised through
 //! `legacy_digest`, which is frozen.
 
-use mcp_types::{Component, Driver, RestartPolicy};
+use mcp_types::limits::nano_cpus;
+use mcp_types::{Component, Driver, Limits, RestartPolicy};
 
 /// Prefix of identities in the current encoding.
 pub const IDENTITY_V1: &str = "v1:";
@@ -17,15 +18,17 @@ pub const IDENTITY_V1: &str = "v1:";
 pub type RoutePort = (String, u16, u16);
 
 /// The identity of `component` of `service` on `node`, published on `address` with
-/// `routes`: `v1:` and the FNV-1a digest of the canonical encoding.
+/// `routes` and held to `limits`: `v1:` and the FNV-1a digest of the canonical
+/// encoding. A changed limit is a changed instance (SPEC §3: replaced).
 pub fn identity(
     service: &str,
     node: &str,
     address: &str,
     component: &Component,
     routes: &[RoutePort],
+    limits: &Limits,
 ) -> String {
-    let text = encode_v1(service, node, address, component, routes);
+    let text = encode_v1(service, node, address, component, routes, limits);
     format!("{IDENTITY_V1}{}", mcp_types::digest_hex(text.as_bytes()))
 }
 
@@ -51,6 +54,7 @@ fn encode_v1(
     address: &str,
     component: &Component,
     routes: &[RoutePort],
+    limits: &Limits,
 ) -> String {
     let mut out = String::from("mcp-instance v1\n");
     let mut line = |key: &str, values: &[&str]| {
@@ -90,6 +94,14 @@ fn encode_v1(
     }
     if component.restart != RestartPolicy::default() {
         line("restart", &[component.restart.as_str()]);
+    }
+    // The effective limits (the component's own or its share), not the definition's
+    // keys: the same limit written either way is the same instance.
+    if let Some(memory) = limits.memory {
+        line("memory", &[&memory.0.to_string()]);
+    }
+    if let Some(cpu) = limits.cpu {
+        line("nano_cpus", &[&nano_cpus(cpu).to_string()]);
     }
     out
 }
@@ -168,6 +180,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    const NONE: Limits = Limits {
+        memory: None,
+        cpu: None,
+    };
+
     fn component(text: &str) -> Component {
         let def =
             mcp_types::parse_definition("t.toml", &format!("name = \"hello\"\n{text}")).unwrap();
@@ -198,20 +215,23 @@ mod tests {
     fn identities_are_versioned_and_stable() {
         let web = component(HELLO);
         let routes = [("http".to_string(), 8080, 40123)];
-        let id = identity("hello", "node-a", "127.0.0.1", &web, &routes);
+        let id = identity("hello", "node-a", "127.0.0.1", &web, &routes, &NONE);
         assert!(id.starts_with("v1:"), "{id}");
         // Pinned: the encoding may never change without a new version prefix.
-        assert_eq!(id, identity("hello", "node-a", "127.0.0.1", &web, &routes));
+        assert_eq!(
+            id,
+            identity("hello", "node-a", "127.0.0.1", &web, &routes, &NONE)
+        );
         assert_eq!(
             id,
             "v1:".to_string()
                 + &mcp_types::digest_hex(
-                    encode_v1("hello", "node-a", "127.0.0.1", &web, &routes).as_bytes()
+                    encode_v1("hello", "node-a", "127.0.0.1", &web, &routes, &NONE).as_bytes()
                 )
         );
         let pinned = "mcp-instance v1\nservice 5:hello\nnode 6:node-a\ncomponent 3:web\naddress 9:127.0.0.1\nimage 16:mcp-test/hello:1\nenv 8:GREETING 2:hi\nroute 4:http 4:8080 5:40123\nvolume 15:/srv/hello/data 5:/data 2:rw\nrestart 6:always\n";
         assert_eq!(
-            encode_v1("hello", "node-a", "127.0.0.1", &web, &routes),
+            encode_v1("hello", "node-a", "127.0.0.1", &web, &routes, &NONE),
             pinned
         );
     }
@@ -219,14 +239,14 @@ mod tests {
     #[test]
     fn defaults_contribute_nothing_and_changes_change_the_identity() {
         let base = component("[[components]]\nname = \"web\"\nimage = \"x:1\"\n");
-        let text = encode_v1("s", "n", "10.0.0.1", &base, &[]);
+        let text = encode_v1("s", "n", "10.0.0.1", &base, &[], &NONE);
         assert!(
             !text.contains("restart") && !text.contains("driver"),
             "{text}"
         );
-        let id = identity("s", "n", "10.0.0.1", &base, &[]);
+        let id = identity("s", "n", "10.0.0.1", &base, &[], &NONE);
         let explicit = component("[[components]]\nname = \"web\"\nimage = \"x:1\"\nrestart = \"unless-stopped\"\ndriver = \"container\"\n");
-        assert_eq!(identity("s", "n", "10.0.0.1", &explicit, &[]), id);
+        assert_eq!(identity("s", "n", "10.0.0.1", &explicit, &[], &NONE), id);
         for other in [
             "[[components]]\nname = \"web\"\nimage = \"x:2\"\n",
             "[[components]]\nname = \"web\"\nimage = \"x:1\"\nrestart = \"no\"\n",
@@ -234,22 +254,59 @@ mod tests {
             "[[components]]\nname = \"web\"\nimage = \"x:1\"\n[components.env]\nA = \"1\"\n",
         ] {
             assert_ne!(
-                identity("s", "n", "10.0.0.1", &component(other), &[]),
+                identity("s", "n", "10.0.0.1", &component(other), &[], &NONE),
                 id,
                 "{other}"
             );
         }
-        assert_ne!(identity("s", "m", "10.0.0.1", &base, &[]), id);
-        assert_ne!(identity("s", "n", "10.0.0.2", &base, &[]), id);
+        assert_ne!(identity("s", "m", "10.0.0.1", &base, &[], &NONE), id);
+        assert_ne!(identity("s", "n", "10.0.0.2", &base, &[], &NONE), id);
         assert_ne!(
             identity(
                 "s",
                 "n",
                 "10.0.0.1",
                 &base,
-                &[("http".to_string(), 80, 4000)]
+                &[("http".to_string(), 80, 4000)],
+                &NONE
             ),
             id
+        );
+    }
+
+    #[test]
+    fn limits_are_part_of_the_identity() {
+        let base = component("[[components]]\nname = \"web\"\nimage = \"x:1\"\n");
+        let id = identity("s", "n", "10.0.0.1", &base, &[], &NONE);
+        let mib = |n| Limits {
+            memory: Some(mcp_types::ByteSize::mib(n)),
+            cpu: None,
+        };
+        let with_64 = identity("s", "n", "10.0.0.1", &base, &[], &mib(64));
+        assert_ne!(with_64, id);
+        assert_ne!(
+            identity("s", "n", "10.0.0.1", &base, &[], &mib(128)),
+            with_64
+        );
+        let cpu = Limits {
+            memory: None,
+            cpu: Some(0.5),
+        };
+        assert_ne!(identity("s", "n", "10.0.0.1", &base, &[], &cpu), id);
+        let text = encode_v1(
+            "s",
+            "n",
+            "10.0.0.1",
+            &base,
+            &[],
+            &Limits {
+                memory: Some(mcp_types::ByteSize::mib(64)),
+                cpu: Some(0.5),
+            },
+        );
+        assert!(
+            text.ends_with("memory 8:67108864\nnano_cpus 9:500000000\n"),
+            "{text}"
         );
     }
 

@@ -21,10 +21,12 @@ impl Node {
 
     fn status_with(&self, record: &ServiceRecord, observed: &[Observed]) -> wire::ServiceStatus {
         let def = &record.def;
+        let limits = def.limits();
         let components = def
             .components
             .iter()
-            .map(|component| {
+            .zip(&limits)
+            .map(|(component, limits)| {
                 let seen = observed
                     .iter()
                     .find(|o| o.service == def.name && o.component == component.name);
@@ -69,6 +71,13 @@ impl Node {
                     routes,
                     drift,
                     detail: seen.map(|o| o.detail.clone()).unwrap_or_default(),
+                    memory_limit: limits.memory.map_or(0, |m| m.0),
+                    cpu_limit: limits.cpu.unwrap_or(0.0),
+                    limits_enforced: !limits.is_none()
+                        && seen.is_some_and(|o| o.limits_warning.is_empty()),
+                    limits_warning: seen.map(|o| o.limits_warning.clone()).unwrap_or_default(),
+                    oom_kills: seen.map_or(0, |o| o.oom_kills),
+                    last_oom_at: seen.map_or(0, |o| o.last_oom_at),
                 }
             })
             .collect();

@@ -384,6 +384,7 @@ async fn an_upgraded_agent_adopts_without_replacing() {
         started_at: 42,
         digest: "ddd0b50b23b5be35".to_string(),
         detail: String::new(),
+        ..Observed::default()
     });
     let adopted = f.node.resume().await.unwrap();
     assert_eq!(adopted.len(), 1);

@@ -20,8 +20,10 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use mcp_types::limits::nano_cpus;
 use mcp_types::RestartPolicy;
 
+use super::oom::{self, OomLog};
 use super::{
     container_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime,
     LABEL_COMPONENT, LABEL_DIGEST, LABEL_NODE, LABEL_SERVICE,
@@ -33,6 +35,9 @@ pub struct DockerRuntime {
     node: String,
     name: &'static str,
     started: Mutex<StartedCache>,
+    /// OOM kills by container, from the engine's events.
+    ooms: OomLog,
+    _oom_watcher: oom::Watcher,
 }
 
 /// Start times of running containers, by container ID, so `list` need not inspect
@@ -106,11 +111,15 @@ impl DockerRuntime {
             .ping()
             .await
             .with_context(|| format!("ping {name} at {path}"))?;
+        let ooms = OomLog::default();
+        let watcher = oom::watch(docker.clone(), node, ooms.clone());
         Ok(DockerRuntime {
             docker,
             node: node.to_string(),
             name,
             started: Mutex::new(StartedCache::default()),
+            ooms,
+            _oom_watcher: watcher,
         })
     }
 
@@ -140,6 +149,14 @@ fn is_not_modified(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// The instance's memory limit in bytes, as the engine takes it.
+fn memory_limit(instance: &Instance) -> Option<i64> {
+    instance
+        .limits
+        .memory
+        .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX))
 }
 
 fn restart_policy(policy: RestartPolicy) -> RestartPolicyNameEnum {
@@ -321,6 +338,10 @@ impl Runtime for DockerRuntime {
                     name: Some(restart_policy(instance.restart)),
                     maximum_retry_count: None,
                 }),
+                // SPEC §3: the hard limit, with swap equal to it (no silent swap).
+                memory: memory_limit(instance),
+                memory_swap: memory_limit(instance),
+                nano_cpus: instance.limits.cpu.map(nano_cpus),
                 ..Default::default()
             }),
             ..Default::default()
@@ -407,6 +428,7 @@ impl Runtime for DockerRuntime {
                 (Some(id), "running") => self.started_at(id, &status).await,
                 _ => 0,
             };
+            let (oom_kills, last_oom_at) = c.id.as_deref().map_or((0, 0), |id| self.ooms.of(id));
             out.push(Observed {
                 service: service.clone(),
                 component: component.clone(),
@@ -415,8 +437,13 @@ impl Runtime for DockerRuntime {
                 started_at,
                 digest: labels.get(LABEL_DIGEST).cloned().unwrap_or_default(),
                 detail: status,
+                oom_kills,
+                last_oom_at,
+                ..Observed::default()
             });
         }
+        let ids: Vec<&str> = containers.iter().filter_map(|c| c.id.as_deref()).collect();
+        self.ooms.keep_only(&ids);
         Ok(out)
     }
 

@@ -18,7 +18,10 @@ use anyhow::{bail, Context};
 use mcp_types::RestartPolicy;
 use serde::{Deserialize, Serialize};
 
-use super::{instance_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime};
+use super::cgroup::Group;
+use super::{
+    container_name, instance_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime,
+};
 use crate::process;
 
 /// The format of `instance.json` and `state.json` this agent writes.
@@ -38,6 +41,13 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     pub restart: RestartPolicy,
     pub workdir: Option<PathBuf>,
+    /// The instance's cgroup (SPEC §3 limits); empty without limits or where the
+    /// host gives none.
+    #[serde(default)]
+    pub cgroup: Group,
+    /// Why the limits are not enforced; empty when they are.
+    #[serde(default)]
+    pub limits_warning: String,
 }
 
 /// What the supervisor reports.
@@ -53,6 +63,14 @@ pub struct ExecState {
     pub exit_code: Option<i32>,
     pub restarts: u32,
     pub detail: String,
+    /// Times the process was killed at its memory limit, and the last (Unix seconds).
+    #[serde(default)]
+    pub oom_kills: u32,
+    #[serde(default)]
+    pub last_oom_at: i64,
+    /// The process could not be moved into its cgroup: why.
+    #[serde(default)]
+    pub cgroup_error: String,
 }
 
 pub const SPEC_FILE: &str = "instance.json";
@@ -155,6 +173,14 @@ impl Runtime for ExecRuntime {
             );
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let name = container_name(&instance.node, &instance.service, &instance.component);
+        let (cgroup, limits_warning) = match Group::create(&name, &instance.limits) {
+            Ok(group) => (group, String::new()),
+            Err(why) => {
+                tracing::warn!(instance = %name, "limits not enforced: {why}");
+                (Group::default(), format!("limits not enforced: {why}"))
+            }
+        };
         let spec = ExecSpec {
             v: EXEC_FORMAT,
             service: instance.service.clone(),
@@ -165,6 +191,8 @@ impl Runtime for ExecRuntime {
             env: instance.env.clone(),
             restart: instance.restart,
             workdir: instance.workdir.clone(),
+            cgroup,
+            limits_warning,
         };
         let _ = std::fs::remove_file(dir.join(STATE_FILE));
         process::write_atomic(&dir.join(SPEC_FILE), &serde_json::to_vec_pretty(&spec)?)
@@ -262,6 +290,9 @@ impl Runtime for ExecRuntime {
     async fn remove(&self, service: &str, component: &str) -> anyhow::Result<()> {
         self.stop(service, component).await?;
         let dir = self.dir(service, component);
+        if let Ok(spec) = read_spec(&dir) {
+            spec.cgroup.remove();
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -298,7 +329,16 @@ impl Runtime for ExecRuntime {
             } else {
                 "exited".to_string()
             };
+            let limits_warning = if spec.limits_warning.is_empty() {
+                state.cgroup_error.clone()
+            } else {
+                spec.limits_warning.clone()
+            };
+            let oom_kills = state.oom_kills.max(spec.cgroup.oom_kills().unwrap_or(0));
             out.push(Observed {
+                limits_warning,
+                oom_kills,
+                last_oom_at: state.last_oom_at,
                 service: spec.service,
                 component: spec.component,
                 started_at: if observed == "running" {
@@ -452,6 +492,13 @@ pub async fn supervise(dir: &Path) -> anyhow::Result<()> {
             }
         };
         let ran_since = Instant::now();
+        // Into its cgroup at once: what it allocated before stays charged outside.
+        if let Some(pid) = child.id() {
+            state.cgroup_error = match spec.cgroup.enter(pid) {
+                Ok(()) => String::new(),
+                Err(why) => format!("limits not enforced: {why}"),
+            };
+        }
         state.state = "running".to_string();
         state.child_pid = child.id();
         state.started_at = now_s();
@@ -467,6 +514,11 @@ pub async fn supervise(dir: &Path) -> anyhow::Result<()> {
         state.exit_code = Some(code);
         state.child_pid = None;
         state.detail = format!("exited with code {code}");
+        if let Some(kills) = spec.cgroup.oom_kills().filter(|n| *n > state.oom_kills) {
+            state.oom_kills = kills;
+            state.last_oom_at = now_s();
+            state.detail = format!("killed at its memory limit (out of memory; {kills} so far)");
+        }
         let again = match spec.restart {
             RestartPolicy::No => false,
             RestartPolicy::OnFailure => code != 0,
@@ -558,6 +610,7 @@ mod tests {
             volumes: Vec::new(),
             restart: RestartPolicy::No,
             workdir: None,
+            limits: Default::default(),
         }
     }
 

@@ -193,6 +193,7 @@ impl Runtime for FakeRuntime {
                 started_at: 0,
                 digest: instance.digest.clone(),
                 detail: String::new(),
+                ..Observed::default()
             },
         );
         inner.definitions.insert(key, instance.clone());

@@ -1,17 +1,19 @@
 //! Runtime drivers behind one trait: the Docker Engine API (Docker and Podman) and the
 //! `exec` driver (supervised processes). The agent's deploy logic sees only this trait.
 
+pub mod cgroup;
 pub mod docker;
 pub mod exec;
 #[cfg(any(test, feature = "fake-runtime"))]
 pub mod fake;
+pub mod oom;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 
 use futures_util::Stream;
-use mcp_types::RestartPolicy;
+use mcp_types::{Limits, RestartPolicy};
 
 /// Labels every instance carries (SPEC §6), plus the digest of its component spec.
 pub const LABEL_SERVICE: &str = "mcp.service";
@@ -38,10 +40,12 @@ pub struct Instance {
     pub restart: RestartPolicy,
     /// Working directory for exec components.
     pub workdir: Option<PathBuf>,
+    /// Hard memory limit and CPU quota (SPEC §3); none: unlimited.
+    pub limits: Limits,
 }
 
 /// One instance as the runtime sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observed {
     pub service: String,
     pub component: String,
@@ -52,6 +56,12 @@ pub struct Observed {
     pub started_at: i64,
     pub digest: String,
     pub detail: String,
+    /// Why the instance's limits are not enforced (exec without a cgroup); empty
+    /// when they are or it has none.
+    pub limits_warning: String,
+    /// Times it was killed at its memory limit, and the last time (Unix seconds).
+    pub oom_kills: u32,
+    pub last_oom_at: i64,
 }
 
 impl Observed {

@@ -54,6 +54,10 @@ fn each_problem_has_its_line_and_key() {
         ("cpu negative", format!("{BASE}[resources]\ncpu = -1\n"), "7: resources.cpu: cpu -1 is not a positive number"),
         ("cpu nan", format!("{BASE}[resources]\ncpu = nan\n"), "7: resources.cpu: cpu NaN is not a positive number"),
         ("cpu inf", format!("{BASE}[resources]\ncpu = inf\n"), "7: resources.cpu: cpu inf is not a positive number"),
+        ("component memory wrong type", with("memory = 64\ncpu = \"x\"\n"), "7: components[0].cpu: expected a number of cores, found string"),
+        ("component memory bad size", with("memory = \"64 megs\"\n"), "6: components[0].memory: size \"64 megs\" has unknown unit"),
+        ("component memory over", ("name = \"app\"\n[resources]\nmemory = \"64MiB\"\n\n[[components]]\nname = \"a\"\nimage = \"i\"\nmemory = \"48MiB\"\n\n[[components]]\nname = \"b\"\nimage = \"i\"\nmemory = \"32MiB\"\n").to_string(), "13: components[1].memory: the components' own memory adds up to 80MiB here, more than the service's [resources] memory 64MiB"),
+        ("component cpu over", ("name = \"app\"\n[resources]\ncpu = 0.5\n\n[[components]]\nname = \"a\"\nimage = \"i\"\ncpu = 1\n").to_string(), "8: components[0].cpu: the components' own cpu adds up to 1 here, more than the service's [resources] cpu 0.5"),
         ("port negative", with("[[components.routes]]\nname = \"r\"\nport = -1\n"), "8: components[0].routes[0].port: port -1 is out of range 1-65535"),
         ("port 65536", with("[[components.routes]]\nname = \"r\"\nport = 65536\n"), "port 65536 is out of range 1-65535"),
         ("port huge", with("[[components.routes]]\nname = \"r\"\nport = 99999999999999999\n"), "port 99999999999999999 is out of range"),
@@ -168,6 +172,7 @@ command = ["a \"quoted\" arg", "tab\there", "new\nline"]
 env = { "LANG" = "en_US.UTF-8", EMPTY = "", MULTI = "a\nb" }
 volumes = ["/srv/app:/srv/app:ro", "/srv/app/x:/x"]
 restart = "always"
+memory = "128MiB"
 [[components.routes]]
 name = "r"
 port = 443
@@ -182,8 +187,11 @@ backend_tls = false
 name = "job"
 driver = "exec"
 command = ["/bin/job"]
+cpu = 0.125
 "#;
     let def = parse_definition("t.toml", text).unwrap();
+    assert_eq!(def.components[0].memory, Some(crate::ByteSize::mib(128)));
+    assert_eq!(def.components[1].cpu, Some(0.125));
     let written = def.to_toml();
     let again =
         parse_definition("again.toml", &written).unwrap_or_else(|e| panic!("{written}\n{e}"));

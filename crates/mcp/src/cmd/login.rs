@@ -1,7 +1,6 @@
 //! `mcp login [--user NAME] [--password-stdin]` and `mcp logout`.
 
-use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{IsTerminal, Read};
 
 use mcp_proto::master::v1::{master_client::MasterClient, LoginRequest, RevokeRequest};
 use serde_json::json;
@@ -16,13 +15,10 @@ fn read_password(from_stdin: bool) -> Result<String, CliError> {
             .read_to_string(&mut text)
             .map_err(|e| CliError::usage(format!("read the password from stdin: {e}")))?;
     } else {
-        eprint!("Password: ");
-        let _ = std::io::stderr().flush();
-        let _ = std::process::Command::new("stty").arg("-echo").status();
-        let read = std::io::stdin().read_line(&mut text);
-        let _ = std::process::Command::new("stty").arg("echo").status();
-        eprintln!();
-        read.map_err(|e| CliError::usage(format!("read the password: {e}")))?;
+        // rpassword turns echo off on the terminal and back on, even when the
+        // read fails.
+        text = rpassword::prompt_password("Password: ")
+            .map_err(|e| CliError::usage(format!("read the password: {e}")))?;
     }
     let password = text.strip_suffix('\n').unwrap_or(&text);
     let password = password.strip_suffix('\r').unwrap_or(password);
@@ -50,18 +46,8 @@ pub async fn login(ctx: &Ctx, user: Option<String>, password_stdin: bool) -> Res
         std::fs::create_dir_all(dir)
             .map_err(|e| CliError::failed(format!("create {}: {e}", dir.display())))?;
     }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| CliError::failed(format!("create {}: {e}", tmp.display())))?;
-    file.write_all(reply.token.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| CliError::failed(format!("write {}: {e}", path.display())))?;
+    mcp_pki::ca::write_file(&path, reply.token.as_bytes(), 0o600)
+        .map_err(|e| CliError::failed(format!("write the token: {e}")))?;
     if ctx.json {
         ctx.print_json(&json!({"user": user, "role": reply.role, "expires_at": reply.expires_at, "token_file": path.display().to_string()}));
     } else if !ctx.quiet {

@@ -63,6 +63,8 @@ pub async fn run(ctx: &Ctx, service: Option<String>) -> Result<(), CliError> {
                     } else {
                         "ok".to_string()
                     },
+                    output::limits_cell(c),
+                    c.oom_kills.to_string(),
                     c.routes
                         .iter()
                         .map(|r| format!("{}={}", r.name, r.address))
@@ -82,11 +84,21 @@ pub async fn run(ctx: &Ctx, service: Option<String>) -> Result<(), CliError> {
                 "DESIRED",
                 "OBSERVED",
                 "DRIFT",
+                "LIMITS",
+                "OOM",
                 "ROUTES"
             ],
             &rows
         )
     );
+    for s in &reply.services {
+        for c in s.components.iter().filter(|c| !c.limits_warning.is_empty()) {
+            println!(
+                "warning: {}/{} on {}: {}",
+                s.name, c.name, s.node, c.limits_warning
+            );
+        }
+    }
     if let Some(note) = output::unanswered_note(&reply.unanswered) {
         println!();
         println!("{note}");
