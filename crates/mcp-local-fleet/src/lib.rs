@@ -904,17 +904,8 @@ fn hash_password(bin: &Binaries, password: &str) -> anyhow::Result<String> {
 
 /// Writes a file only its owner can read (it holds a secret).
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("write {}", path.display()))
+    mcp_pki::ca::write_file(path, data, 0o600)?;
+    Ok(())
 }
 
 /// Sends a signal to a process this fleet started.

@@ -168,46 +168,15 @@ fn restart_policy(policy: RestartPolicy) -> RestartPolicyNameEnum {
     }
 }
 
-/// `2024-05-01T10:11:12.123456789Z` as Unix seconds; 0 for Docker's zero time or junk.
+/// `2024-05-01T10:11:12.123456789Z` as Unix seconds; 0 for Docker's zero time
+/// (`0001-01-01T00:00:00Z`, "never"), anything before 1971, or junk.
 pub fn parse_rfc3339(s: &str) -> i64 {
-    let parse = || -> Option<i64> {
-        let (date, time) = s.split_once('T')?;
-        let mut d = date.splitn(3, '-');
-        let y: i64 = d.next()?.parse().ok()?;
-        let m: i64 = d.next()?.parse().ok()?;
-        let day: i64 = d.next()?.parse().ok()?;
-        let (clock, offset_s) = match time.find(['Z', '+', '-']) {
-            Some(i) => {
-                let (clock, zone) = time.split_at(i);
-                let offset = if zone == "Z" {
-                    0
-                } else {
-                    let sign = if zone.starts_with('-') { -1 } else { 1 };
-                    let (h, mi) = zone.get(1..)?.split_once(':')?;
-                    sign * (h.parse::<i64>().ok()? * 3600 + mi.parse::<i64>().ok()? * 60)
-                };
-                (clock, offset)
-            }
-            None => (time, 0),
-        };
-        let mut c = clock.splitn(3, ':');
-        let h: i64 = c.next()?.parse().ok()?;
-        let mi: i64 = c.next()?.parse().ok()?;
-        let sec: i64 = c.next()?.split('.').next()?.parse().ok()?;
-        if y < 1971 {
-            return None;
-        }
-        // Days from civil (Howard Hinnant's algorithm).
-        let y2 = if m <= 2 { y - 1 } else { y };
-        let era = y2.div_euclid(400);
-        let yoe = y2 - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146097 + doe - 719468;
-        Some(days * 86400 + h * 3600 + mi * 60 + sec - offset_s)
-    };
-    parse().unwrap_or(0)
+    const YEAR_1971: i64 = 365 * 86_400;
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(time::OffsetDateTime::unix_timestamp)
+        .ok()
+        .filter(|&t| t >= YEAR_1971)
+        .unwrap_or(0)
 }
 
 impl DockerRuntime {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use mcp_pki::ca::write_file;
 use mcp_types::RestartPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -195,8 +196,12 @@ impl Runtime for ExecRuntime {
             limits_warning,
         };
         let _ = std::fs::remove_file(dir.join(STATE_FILE));
-        process::write_atomic(&dir.join(SPEC_FILE), &serde_json::to_vec_pretty(&spec)?)
-            .with_context(|| format!("write {}", dir.join(SPEC_FILE).display()))?;
+        write_file(
+            &dir.join(SPEC_FILE),
+            &serde_json::to_vec_pretty(&spec)?,
+            0o644,
+        )
+        .with_context(|| format!("write {}", dir.join(SPEC_FILE).display()))?;
         Ok(())
     }
 
@@ -282,7 +287,7 @@ impl Runtime for ExecRuntime {
                 detail: "stopped by the agent".to_string(),
                 ..state
             };
-            let _ = process::write_atomic(&dir.join(STATE_FILE), &serde_json::to_vec(&exited)?);
+            let _ = write_file(&dir.join(STATE_FILE), &serde_json::to_vec(&exited)?, 0o644);
         }
         Ok(())
     }
@@ -440,16 +445,17 @@ fn now_s() -> i64 {
 pub async fn supervise(dir: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let spec = read_spec(dir)?;
-    process::write_atomic(
+    write_file(
         &dir.join(PID_FILE),
         std::process::id().to_string().as_bytes(),
+        0o644,
     )
     .context("write supervisor.pid")?;
     let mut term = signal(SignalKind::terminate()).context("watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watch SIGINT")?;
     let write = |state: &ExecState| {
         if let Ok(bytes) = serde_json::to_vec(state) {
-            let _ = process::write_atomic(&dir.join(STATE_FILE), &bytes);
+            let _ = write_file(&dir.join(STATE_FILE), &bytes, 0o644);
         }
     };
     let mut state = ExecState {
