@@ -68,7 +68,8 @@ enum Command {
     List,
     /// Containers and processes fleet-wide.
     Ps,
-    /// Fleet summary, or one service in detail with drift.
+    /// Fleet summary, or one service in detail: drift, each component's memory and CPU
+    /// limits (and whether they are enforced), OOM kills and recent events.
     Status { service: Option<String> },
     /// A service's logs.
     Logs {

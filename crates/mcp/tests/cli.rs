@@ -62,6 +62,26 @@ fn invalid_definitions_exit_2_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// SPEC §3: components' own memory past the service's `[resources] memory` is an
+/// invalid definition, named by file and line.
+#[test]
+fn components_memory_over_the_services_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("limits.toml");
+    std::fs::write(
+        &bad,
+        "name = \"photos\"\n\n[resources]\nmemory = \"64MiB\"\n\n[[components]]\nname = \"api\"\nimage = \"x:1\"\nmemory = \"48MiB\"\n\n[[components]]\nname = \"thumbs\"\nimage = \"y:1\"\nmemory = \"32MiB\"\n",
+    )
+    .unwrap();
+    let out = mcp(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("limits.toml:14: components[1].memory: the components' own memory adds up to 80MiB here, more than the service's [resources] memory 64MiB"),
+        "{stderr}"
+    );
+}
+
 /// A CLI config trusting a freshly made fleet CA.
 fn config_with_ca(dir: &std::path::Path) -> std::path::PathBuf {
     mcp_pki::ca::Ca::create(&dir.join("ca")).unwrap();
