@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use mcp_proto::agent::v1::{self as wire, agent_server::Agent};
 use mcp_proto::convert::check_service_name;
+use mcp_proto::refusal;
 use mcp_proto::tonic::{self, Request, Response, Status};
 use mcp_types::ServiceDef;
 use tokio::sync::mpsc;
@@ -51,6 +52,13 @@ pub fn status_of(error: NodeError) -> Status {
         NodeError::Invalid(_) => Status::invalid_argument(error.to_string()),
         NodeError::StaleDeploy { .. } | NodeError::NewerHeld { .. } => {
             Status::failed_precondition(error.to_string())
+        }
+        NodeError::Platform(m) => {
+            let refused = refusal::ImagePlatform {
+                image: m.image.clone(),
+                platforms: m.platforms_text(),
+            };
+            refusal::image_platform(m.to_string(), &refused)
         }
         NodeError::Step(e) => Status::aborted(e.to_string()),
         NodeError::Internal(e) => Status::internal(format!("{e:#}")),

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -31,55 +30,11 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn mcp_dev_runs_the_seed_fleet() {
+    let _addresses = dev_addresses();
     let bin = mcp_local_fleet::Binaries::find().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("fleet");
-    let dev = Command::new(bin.path("mcp"))
-        .args([
-            "dev",
-            "--runtime",
-            "exec",
-            "--heartbeat-interval",
-            "200ms",
-            "--probe-timeout",
-            "300ms",
-            "--dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Stops mcp dev and whatever it started even when an assertion below fails.
-    let mut dev = DevGuard {
-        child: dev,
-        dir: dir.clone(),
-        runtime: "exec".to_string(),
-    };
-    let stdout = BufReader::new(dev.child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines() {
-            let _ = tx.send(line.unwrap_or_default());
-        }
-    });
-    let stderr = dev.child.stderr.take().unwrap();
-    let (etx, erx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let _ = etx.send(line.unwrap_or_default());
-        }
-    });
-    let ready = eventually(Duration::from_secs(30), || {
-        rx.recv_timeout(Duration::from_millis(100))
-            .ok()
-            .filter(|l| l.contains("mcp dev: running"))
-    });
-    assert!(
-        ready.is_some(),
-        "mcp dev did not come up; logs: {}",
-        std::fs::read_to_string(dir.join("logs/master.log")).unwrap_or_default()
-    );
+    let (mut dev, _rx, erx) = start_dev(&dir, "exec");
 
     // The documented files.
     for path in [

@@ -11,16 +11,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mcp_placement::{Capacity, NodeView, PlacedService, Snapshot};
+use mcp_placement::{Capacity, NodeView, PlacedService, Rejection, Snapshot};
 use mcp_proto::agent::v1 as agent;
 use mcp_proto::agent::v1::agent_client::AgentClient;
 use mcp_proto::master::v1 as wire;
+use mcp_proto::refusal;
 use mcp_proto::tonic::transport::Channel;
 use mcp_proto::tonic::{Code, Status};
-use mcp_types::ServiceDef;
+use mcp_types::{ServiceDef, Tier};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::refusals;
 use crate::service::MasterService;
 use crate::state::Placing;
 
@@ -127,13 +129,20 @@ impl MasterService {
         let mut batch = Batch::new(&defs, &index);
         let mut snapshot = self.snapshot();
         let mut planned: Vec<Option<Planned>> = Vec::with_capacity(defs.len());
+        // Per service: the nodes that refused its image, placed past (SPEC §3).
+        let mut excluded: Vec<Vec<(String, Rejection)>> = Vec::with_capacity(defs.len());
         for (i, def) in defs.into_iter().enumerate() {
+            excluded.push(if self.replaceable(&def) {
+                self.state.refusals.of(&def)
+            } else {
+                Vec::new()
+            });
             if batch.state[i] == State::Failed {
                 // A dependency's placement failed: reported with it, not placed.
                 planned.push(None);
                 continue;
             }
-            match self.place_one(def, &mut snapshot) {
+            match self.place_one(def, &mut snapshot, &excluded[i]) {
                 Ok((p, placed)) => {
                     batch.nodes[i].clone_from(&p.node);
                     batch.wait[i] |= p.moved || p.public;
@@ -149,7 +158,7 @@ impl MasterService {
                 }
             }
         }
-        let mut tasks: JoinSet<Result<(), Status>> = JoinSet::new();
+        let mut tasks: JoinSet<(Result<(), Status>, Planned)> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
         for i in 0..planned.len() {
             if batch.state[i] == State::Waiting && batch.left[i] == 0 {
@@ -167,18 +176,21 @@ impl MasterService {
                     };
                     let this = self.clone();
                     let out = out.clone();
-                    let id = tasks.spawn(async move { this.run_one(p, &out).await }).id();
+                    let id = tasks
+                        .spawn(async move { (this.run_one(&p, &out).await, p) })
+                        .id();
                     running.insert(id, i);
                 }
             }
             let Some(joined) = tasks.join_next_with_id().await else {
                 break;
             };
-            let (i, result) = match joined {
-                Ok((id, result)) => (running.remove(&id), result),
+            let (i, result, tried) = match joined {
+                Ok((id, (result, tried))) => (running.remove(&id), result, Some(tried)),
                 Err(e) => (
                     running.remove(&e.id()),
                     Err(Status::internal(format!("the deploy task ended: {e}"))),
+                    None,
                 ),
             };
             let Some(i) = i else { continue };
@@ -186,7 +198,7 @@ impl MasterService {
             if let Some(n) = batch.busy.get_mut(&node) {
                 *n = n.saturating_sub(1);
             }
-            nodes.push(node);
+            nodes.push(node.clone());
             match result {
                 Ok(()) => {
                     batch.state[i] = State::Done;
@@ -202,7 +214,40 @@ impl MasterService {
                         }
                     }
                 }
-                Err(status) => batch.fail(i, status, &out).await,
+                Err(status) => {
+                    // An image the node cannot run: placed again past the nodes that
+                    // refused it, where the definition leaves the choice to the master.
+                    let refused = mcp_proto::refusal::image_platform_of(&status);
+                    let again = match (refused, tried) {
+                        (Some(refused), Some(tried)) => {
+                            let why = self.remember_refusal(&node, &refused);
+                            self.replaceable(&tried.def).then_some((tried.def, why))
+                        }
+                        _ => None,
+                    };
+                    let Some((def, why)) = again else {
+                        batch.fail(i, status, &out).await;
+                        continue;
+                    };
+                    excluded[i].push((node.clone(), why));
+                    match self.place_one(def, &mut snapshot, &excluded[i]) {
+                        Ok((p, placed)) => {
+                            batch.nodes[i].clone_from(&p.node);
+                            batch.wait[i] |= p.moved || p.public;
+                            batch.twice |= p.moved && p.public;
+                            batch.public |= p.public;
+                            let _ = out.send(Ok(placed)).await;
+                            batch.state[i] = State::Waiting;
+                            batch.make_ready(i);
+                            nodes.push(p.node.clone());
+                            planned[i] = Some(p);
+                        }
+                        Err((node, status)) => {
+                            batch.nodes[i] = node;
+                            batch.fail(i, status, &out).await;
+                        }
+                    }
+                }
             }
         }
         // Moves: the old copy is older now; the loop removes it once its node answers
@@ -243,12 +288,20 @@ impl MasterService {
         &self,
         def: ServiceDef,
         snapshot: &mut Snapshot,
+        excluded: &[(String, Rejection)],
     ) -> Result<(Planned, wire::DeployEvent), (String, Status)> {
         let registry = &self.state.registry;
         let current = registry.locate(&def.name);
-        let placement = snapshot
-            .place(&def, current.as_deref())
+        let mut placement = snapshot
+            .place_excluding(&def, current.as_deref(), excluded)
             .map_err(|e| (String::new(), Status::failed_precondition(e.to_string())))?;
+        if !excluded.is_empty() {
+            let refused: Vec<String> = excluded
+                .iter()
+                .map(|(node, why)| refusals::refused_text(node, why))
+                .collect();
+            placement.reason = format!("{}; {}", refused.join("; "), placement.reason);
+        }
         let target = placement.node;
         // Before anything is recorded: an agent lacking Deploy is refused here.
         let client = self
@@ -291,14 +344,15 @@ impl MasterService {
     /// Deploys one placed service: calls the agent with its generation, forwards its
     /// events, records the result. A copy left on a node it moved away from is the
     /// control loop's to remove.
-    async fn run_one(&self, p: Planned, out: &Out) -> Result<(), Status> {
+    async fn run_one(&self, p: &Planned, out: &Out) -> Result<(), Status> {
         let Planned {
             def,
             node: target,
-            mut client,
             generation,
             ..
         } = p;
+        let (target, generation) = (target.clone(), *generation);
+        let mut client = p.client.clone();
         let registry = &self.state.registry;
         let _placing = Placing::new(&self.state, &def.name, &target);
         // A live agent answers at once (the deploy runs behind its stream): one that
@@ -306,7 +360,7 @@ impl MasterService {
         // so now rather than when the connection's keepalive gives up.
         let bound = self.state.config.probe_timeout.max(Duration::from_secs(2));
         let call = client.deploy(agent::DeployRequest {
-            service: Some(agent::ServiceSpec::from(&def)),
+            service: Some(agent::ServiceSpec::from(def)),
             generation,
         });
         let mut stream = tokio::time::timeout(bound, call)
@@ -343,6 +397,35 @@ impl MasterService {
         self.state.reconciler.deployed(&def.name);
         registry.set_service(&target, &def.name, Some(status));
         Ok(())
+    }
+}
+
+impl MasterService {
+    /// May the master place `def` elsewhere when a node refuses its image? Only where
+    /// the definition leaves the node to it: no `arch` named (an arch named that the
+    /// image lacks fails the deploy, SPEC §3), not pinned to one node, not tier core.
+    /// A pool is a choice among its nodes, so a pool's service moves within it.
+    fn replaceable(&self, def: &ServiceDef) -> bool {
+        def.resources.arch.is_empty()
+            && match &def.node {
+                Some(target) => !self.state.registry.contains(target),
+                None => def.tier == Tier::Worker,
+            }
+    }
+
+    /// Records that `node` refused an image (an event for `mcp status`, and the
+    /// refusal for later placements); its reason for placement.
+    fn remember_refusal(&self, node: &str, refused: &refusal::ImagePlatform) -> Rejection {
+        let arch = self.state.registry.read().get(node).map(|n| n.arch);
+        let arch = arch.unwrap_or(mcp_types::Arch::Arm64);
+        let why = refusals::rejection(&refused.image, &refused.platforms, arch);
+        self.state
+            .refusals
+            .remember(&refused.image, node, &refused.platforms, arch);
+        self.state
+            .registry
+            .event(node, refusals::refused_text(node, &why));
+        why
     }
 }
 

@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod introspect;
 pub mod nodes;
 pub mod reconcile;
+pub mod refusals;
 pub mod registry;
 pub mod revoked;
 pub mod security;
@@ -73,6 +74,7 @@ pub async fn serve(
         placements: std::sync::Mutex::default(),
         hlc: hlc::Hlc::default(),
         reconciler: reconcile::Reconciler::default(),
+        refusals: refusals::Refusals::default(),
         started: std::time::Instant::now(),
         logins: tokio::sync::Semaphore::new(2),
         zone: tokio::sync::watch::Sender::new(Default::default()),

@@ -203,6 +203,8 @@ impl Nodes for NodeService {
             .map_err(|e| Status::invalid_argument(format!("address: {e}")))?;
         let registry = &self.state.registry;
         let known = registry.node(&r.name);
+        // Its agent (re)started, perhaps with another arch: what it refused is news.
+        self.state.refusals.forget_node(&r.name);
         for s in &r.services {
             self.state.hlc.observe(s.generation);
         }

@@ -60,7 +60,12 @@ pub fn agent_status(node: &str, seen: &str, status: Status) -> Status {
         Code::InvalidArgument => {
             Status::failed_precondition(format!("node {node} refused it: {message}"))
         }
-        code => Status::new(code, format!("node {node}: {message}")),
+        // The metadata goes along: it holds a typed refusal (`mcp_proto::refusal`).
+        code => Status::with_metadata(
+            code,
+            format!("node {node}: {message}"),
+            status.metadata().clone(),
+        ),
     }
 }
 
@@ -639,5 +644,17 @@ mod tests {
         let kept = agent_status("orion", seen, Status::not_found("no service"));
         assert_eq!(kept.code(), Code::NotFound);
         assert_eq!(kept.message(), "node orion: no service");
+        // A typed refusal stays typed.
+        let refused = mcp_proto::refusal::ImagePlatform {
+            image: "mcp-test/hello:1".to_string(),
+            platforms: "linux/amd64".to_string(),
+        };
+        let status = mcp_proto::refusal::image_platform("image ...".to_string(), &refused);
+        let mapped = agent_status("hyperborea", seen, status);
+        assert_eq!(mapped.code(), Code::FailedPrecondition);
+        assert_eq!(
+            mcp_proto::refusal::image_platform_of(&mapped),
+            Some(refused)
+        );
     }
 }

@@ -23,6 +23,8 @@ pub struct MasterState {
     pub hlc: crate::hlc::Hlc,
     /// The control loop's handle.
     pub reconciler: crate::reconcile::Reconciler,
+    /// Images nodes refused for their platform, for a while: placed past them.
+    pub refusals: crate::refusals::Refusals,
     /// When this master started: placements wait for the fleet to re-register.
     pub started: Instant,
     /// Password checks running at once (argon2 is slow on purpose).

@@ -272,7 +272,8 @@ impl Snapshot {
         self.nodes[i as usize].check(self.used_without(i, own), demand, &self.policy)
     }
 
-    /// [`Snapshot::check`], a node ruled out for this service first.
+    /// [`Snapshot::check`], then whether the node is ruled out for this service: a
+    /// node that fails a filter is named for that (its own state comes first).
     fn check_excluding(
         &self,
         i: u32,
@@ -280,9 +281,10 @@ impl Snapshot {
         own: &[(u32, Units)],
         ex: &[(u32, Rejection)],
     ) -> Result<(), Rejection> {
+        self.check(i, demand, own)?;
         match excluded(ex, i) {
             Some(why) => Err(why.clone()),
-            None => self.check(i, demand, own),
+            None => Ok(()),
         }
     }
 
@@ -404,10 +406,7 @@ impl Snapshot {
         ex: &[(u32, Rejection)],
     ) -> PlacementError {
         let check = |i: u32| {
-            if let Some(why) = excluded(ex, i) {
-                return Some((self.nodes[i as usize].name.clone(), why.clone()));
-            }
-            let why = self.check(i, demand, own);
+            let why = self.check_excluding(i, demand, own, ex);
             debug_assert!(
                 why.is_err(),
                 "the fast path missed {}",

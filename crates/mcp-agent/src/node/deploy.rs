@@ -12,8 +12,9 @@ use mcp_types::{Component, Driver, ServiceDef};
 use tokio::sync::mpsc;
 
 use super::identity::{identity, legacy_digest, same_identity, RoutePort};
-use super::{no_events, step, AtStep, Events, Node, NodeError, StepError};
+use super::{no_events, refusal, step, AtStep, Events, Node, NodeError, StepError};
 use crate::config::Role;
+use crate::runtime::platform;
 use crate::runtime::{Instance, Observed, PullProgress};
 use crate::store::{Desired, ServiceRecord};
 
@@ -213,6 +214,9 @@ impl Node {
             // A removal a crash interrupted: finish it; this deploy starts afresh.
             self.finish_removal(&def.name, Some(&removing)).await?;
         }
+        // Before anything is recorded or created: an image the node cannot run is
+        // refused, and the master may place the service elsewhere.
+        self.pull_images(&def, events).await.map_err(refusal)?;
         let ports = self.assign_ports(&def, previous.as_ref()).at("ports")?;
         let record = ServiceRecord {
             def: def.clone(),
@@ -260,7 +264,11 @@ impl Node {
     async fn converge_again(&self, record: &ServiceRecord) -> anyhow::Result<()> {
         let mut attempt = 0u32;
         loop {
-            match self.converge(record, &no_events(), &mut Vec::new()).await {
+            let result = match self.pull_images(&record.def, &no_events()).await {
+                Ok(()) => self.converge(record, &no_events(), &mut Vec::new()).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < 5 => {
                     attempt += 1;
@@ -385,17 +393,14 @@ impl Node {
         self.store.put_cert(service, not_before, not_after)
     }
 
-    /// Makes the runtimes match a record: pulls images, creates what is missing or
-    /// changed, starts what is stopped (when the record's desired state is running),
-    /// removes components the definition no longer has. `created` collects what it
-    /// creates, for `undo`.
-    pub(super) async fn converge(
+    /// Makes every container image of `def` present (progress to `events`) and checks
+    /// that each carries the node's platform: a mismatch fails at step `platform`
+    /// with a [`platform::PlatformMismatch`] (see [`refusal`]), before anything is created.
+    pub(super) async fn pull_images(
         &self,
-        record: &ServiceRecord,
+        def: &ServiceDef,
         events: &Events,
-        created: &mut Vec<(Driver, String)>,
     ) -> Result<(), StepError> {
-        let def = &record.def;
         for component in &def.components {
             let Some(image) = component.image.as_deref() else {
                 continue;
@@ -433,7 +438,26 @@ impl Node {
                 .await;
             let _ = forward.await;
             result.at("pull")?;
+            let platforms = runtime.platforms(image).await.at("platform")?;
+            platform::check(image, &platforms, &self.name, self.arch).map_err(|m| StepError {
+                step: "platform",
+                error: m.into(),
+            })?;
         }
+        Ok(())
+    }
+
+    /// Makes the runtimes match a record whose images are present (`pull_images`):
+    /// creates what is missing or changed, starts what is stopped (when the record's
+    /// desired state is running), removes components the definition no longer has.
+    /// `created` collects what it creates, for `undo`.
+    pub(super) async fn converge(
+        &self,
+        record: &ServiceRecord,
+        events: &Events,
+        created: &mut Vec<(Driver, String)>,
+    ) -> Result<(), StepError> {
+        let def = &record.def;
         let observed = self.observe().await.at("observe")?;
         for component in &def.components {
             let runtime = self.runtime(component.driver).at("create")?;

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use mcp_proto::agent::v1 as wire;
 
-use super::{no_events, AtStep, Node, NodeError};
+use super::{no_events, refusal, AtStep, Node, NodeError};
 use crate::store::{Desired, ServiceRecord};
 
 impl Node {
@@ -50,6 +50,9 @@ impl Node {
             }
         }
         if desired == Desired::Running {
+            self.pull_images(&record.def, &no_events())
+                .await
+                .map_err(refusal)?;
             self.converge(&record, &no_events(), &mut Vec::new())
                 .await?;
         }

@@ -22,10 +22,11 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use mcp_proto::agent::v1 as wire;
-use mcp_types::Driver;
+use mcp_types::{Arch, Driver};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::{Config, Role};
+use crate::runtime::platform::PlatformMismatch;
 use crate::runtime::{Observed, Runtime};
 use crate::store::{Desired, ServiceRecord, Store};
 
@@ -75,6 +76,10 @@ pub enum NodeError {
         held: u64,
         offered: u64,
     },
+    /// The image does not carry the node's platform (SPEC §3): refused before anything
+    /// was recorded or created, so the master may place the service on another node.
+    #[error(transparent)]
+    Platform(#[from] PlatformMismatch),
     #[error(transparent)]
     Step(#[from] StepError),
     #[error(transparent)]
@@ -83,10 +88,22 @@ pub enum NodeError {
 
 pub use crate::certs::CertSource;
 
+/// A failed `pull_images` as the node's error: a platform mismatch is a refusal of
+/// its own ([`NodeError::Platform`]), anything else the failed step.
+fn refusal(failure: StepError) -> NodeError {
+    let StepError { step, error } = failure;
+    match error.downcast::<PlatformMismatch>() {
+        Ok(mismatch) => NodeError::Platform(mismatch),
+        Err(error) => NodeError::Step(StepError { step, error }),
+    }
+}
+
 /// The node's services and the runtimes that run them.
 pub struct Node {
     pub name: String,
     pub role: Role,
+    /// The arch the node reports (its config's, else the host's): images must carry it.
+    arch: Arch,
     ip: IpAddr,
     srv_root: PathBuf,
     store: Store,
@@ -149,6 +166,7 @@ impl Node {
         Node {
             name: config.name.clone(),
             role: config.role,
+            arch: config.arch(),
             ip: config.node_ip(),
             srv_root: config.srv_root.clone(),
             store,

@@ -452,3 +452,49 @@ async fn certificates_renew_only_for_services_the_node_holds() {
     assert!(!f.certs_dir("hello").exists());
     assert!(f.node.cert_schedule().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_image_without_the_nodes_platform_is_refused_before_anything_is_made() {
+    use crate::runtime::platform::Platform;
+    let f = fixture();
+    let arch = config(f.dir.path()).arch();
+    let (other, other_name) = match arch {
+        mcp_types::Arch::Amd64 => (Platform::new("linux", "arm64", "v8"), "linux/arm64/v8"),
+        mcp_types::Arch::Arm64 => (Platform::new("linux", "amd64", ""), "linux/amd64"),
+    };
+    let own = Platform::new("linux", arch.as_str(), "");
+    f.docker.set_platforms("foreign:1", vec![other.clone()]);
+    f.docker
+        .set_platforms("multi:1", vec![other.clone(), own.clone()]);
+    f.docker.set_platforms("own:1", vec![own]);
+
+    // A fresh deploy: refused with both named; no record, no certificate, no instance.
+    let err = f.deploy(def("hello", "foreign:1"), 0).await.unwrap_err();
+    assert!(matches!(err, NodeError::Platform(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("image foreign:1 is {other_name}; node node-a is {arch}")
+    );
+    assert!(f.record("hello").is_none());
+    assert!(!f.certs_dir("hello").exists());
+    assert_eq!(f.docker.count("create"), 0, "{:?}", f.docker.calls());
+    let status = crate::server::status_of(err);
+    assert_eq!(
+        mcp_proto::refusal::image_platform_of(&status).map(|r| r.platforms),
+        Some(other_name.to_string())
+    );
+
+    // A multi-platform image that has the node's platform passes.
+    f.deploy(def("multi", "multi:1"), 0).await.unwrap();
+
+    // An update to a foreign image leaves the running service as it was.
+    f.deploy(def("svc", "own:1"), 0).await.unwrap();
+    let before = f.docker.get("svc", "web").unwrap();
+    let creates = f.docker.count("create");
+    let err = f.deploy(def("svc", "foreign:1"), 0).await.unwrap_err();
+    assert!(matches!(err, NodeError::Platform(_)), "{err:?}");
+    assert_eq!(f.docker.get("svc", "web").unwrap(), before);
+    assert_eq!(f.docker.count("create"), creates);
+    let kept = f.record("svc").unwrap();
+    assert_eq!(kept.def.components[0].image.as_deref(), Some("own:1"));
+}

@@ -15,8 +15,8 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -24,6 +24,7 @@ use mcp_types::limits::nano_cpus;
 use mcp_types::RestartPolicy;
 
 use super::oom::{self, OomLog};
+use super::platform::Platform;
 use super::{
     container_name, Instance, LogChunk, LogStream, Observed, PullProgress, Runtime,
     LABEL_COMPONENT, LABEL_DIGEST, LABEL_NODE, LABEL_SERVICE,
@@ -251,6 +252,59 @@ impl Runtime for DockerRuntime {
             });
         }
         Ok(())
+    }
+
+    /// The image's own platform (`Os`/`Architecture`/`Variant` of its config), or,
+    /// where the engine keeps a multi-platform image's list (Docker's containerd
+    /// image store, API 1.47 and later), every platform in it. Docker's classic store
+    /// holds one platform per image.
+    async fn platforms(&self, image: &str) -> anyhow::Result<Vec<Platform>> {
+        let version = self.docker.client_version();
+        if (version.major_version, version.minor_version) >= (1, 47) {
+            let options = ListImagesOptions {
+                filters: Some(HashMap::from([(
+                    "reference".to_string(),
+                    vec![image.to_string()],
+                )])),
+                manifests: true,
+                ..Default::default()
+            };
+            let listed = self
+                .docker
+                .list_images(Some(options))
+                .await
+                .with_context(|| format!("list the manifests of image {image}"))?;
+            let listed: Vec<Platform> = listed
+                .iter()
+                .flat_map(|i| i.manifests.iter().flatten())
+                .filter_map(|m| m.image_data.as_ref())
+                .map(|d| {
+                    let p = &d.platform;
+                    Platform::new(
+                        p.os.as_deref().unwrap_or_default(),
+                        p.architecture.as_deref().unwrap_or_default(),
+                        p.variant.as_deref().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if !listed.is_empty() {
+                return Ok(listed);
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .with_context(|| format!("inspect image {image}"))?;
+        let architecture = inspect.architecture.unwrap_or_default();
+        if architecture.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Platform::new(
+            inspect.os.as_deref().unwrap_or_default(),
+            &architecture,
+            inspect.variant.as_deref().unwrap_or_default(),
+        )])
     }
 
     async fn create(&self, instance: &Instance) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::bail;
 
+use super::platform::Platform;
 use super::{Instance, LogChunk, LogStream, Observed, PullProgress, Runtime};
 
 /// A runtime call that can be made to fail.
@@ -38,6 +39,8 @@ struct Inner {
     failures: Vec<Failure>,
     calls: Vec<String>,
     clock: i64,
+    /// Images' platforms, as `set_platforms` gave them; others report none.
+    platforms: BTreeMap<String, Vec<Platform>>,
 }
 
 /// The fake runtime.
@@ -60,6 +63,11 @@ impl FakeRuntime {
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Says `image` carries `platforms` from now on.
+    pub fn set_platforms(&self, image: &str, platforms: Vec<Platform>) {
+        self.inner().platforms.insert(image.to_string(), platforms);
     }
 
     /// Makes every later `step` for `target` fail.
@@ -164,6 +172,15 @@ impl Runtime for FakeRuntime {
             total: 1,
         });
         Ok(())
+    }
+
+    async fn platforms(&self, image: &str) -> anyhow::Result<Vec<Platform>> {
+        Ok(self
+            .inner()
+            .platforms
+            .get(image)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn create(&self, instance: &Instance) -> anyhow::Result<()> {

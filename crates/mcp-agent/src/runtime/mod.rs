@@ -7,6 +7,7 @@ pub mod exec;
 #[cfg(any(test, feature = "fake-runtime"))]
 pub mod fake;
 pub mod oom;
+pub mod platform;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -98,6 +99,12 @@ pub trait Runtime: Send + Sync {
         image: &str,
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> anyhow::Result<()>;
+    /// The platforms a present image carries: one, or every platform of a
+    /// multi-platform image where the engine keeps its list. Empty: the runtime
+    /// cannot say, and nothing is checked (the exec driver has no images).
+    async fn platforms(&self, _image: &str) -> anyhow::Result<Vec<platform::Platform>> {
+        Ok(Vec::new())
+    }
     /// Creates the instance, not started.
     async fn create(&self, instance: &Instance) -> anyhow::Result<()>;
     async fn start(&self, service: &str, component: &str) -> anyhow::Result<()>;

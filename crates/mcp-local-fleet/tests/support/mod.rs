@@ -588,3 +588,85 @@ pub fn events_of(fleet: &Fleet) -> Vec<String> {
         })
         .collect()
 }
+
+/// Holds the addresses `mcp dev` uses (127.0.0.11-14, the embedded DNS's port) for
+/// one test at a time, across test processes: an exclusive `flock` on a file in the
+/// temporary directory, released when dropped (or when the process dies).
+pub struct DevAddresses(std::fs::File);
+
+#[allow(unsafe_code)]
+pub fn dev_addresses() -> DevAddresses {
+    use std::os::fd::AsRawFd;
+    let path = std::env::temp_dir().join("mcp-dev-127.0.0.11.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: flock on a descriptor this File owns; no memory is touched.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", path.display());
+    DevAddresses(file)
+}
+
+/// Starts `mcp dev --runtime RUNTIME --dir DIR` with fast heartbeats and waits until
+/// it says it runs; its stdout and stderr lines arrive on the receivers. The guard
+/// stops it and what it started.
+pub fn start_dev(
+    dir: &Path,
+    runtime: &str,
+) -> (
+    DevGuard,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let bin = mcp_local_fleet::Binaries::find().unwrap();
+    let child = Command::new(bin.path("mcp"))
+        .args([
+            "dev",
+            "--runtime",
+            runtime,
+            "--heartbeat-interval",
+            "200ms",
+            "--probe-timeout",
+            "300ms",
+            "--dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stops mcp dev and whatever it started even when an assertion fails.
+    let mut dev = DevGuard {
+        child,
+        dir: dir.to_path_buf(),
+        runtime: runtime.to_string(),
+    };
+    let lines = |stream: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        rx
+    };
+    let stdout = lines(Box::new(dev.child.stdout.take().unwrap()));
+    let stderr = lines(Box::new(dev.child.stderr.take().unwrap()));
+    let ready = eventually(Duration::from_secs(30), || {
+        stdout
+            .recv_timeout(Duration::from_millis(100))
+            .ok()
+            .filter(|l| l.contains("mcp dev: running"))
+    });
+    assert!(
+        ready.is_some(),
+        "mcp dev did not come up; logs: {}",
+        std::fs::read_to_string(dir.join("logs/master.log")).unwrap_or_default()
+    );
+    (dev, stdout, stderr)
+}

@@ -710,6 +710,13 @@ fn nodes_ruled_out_for_one_service() {
         err_text(snapshot.place_excluding(&pinned, None, &ex)),
         "node \"hyperborea\" cannot run \"hello\": image mcp-test/hello:1 is linux/amd64, node arm64"
     );
+    // A node that fails a filter anyway is named for that.
+    let huge = svc("hello", |d| mem(d, 64 * GIB));
+    let text = err_text(snapshot.place_excluding(&huge, None, &ex));
+    assert!(
+        text.contains("hyperborea: memory 64GiB requested"),
+        "{text}"
+    );
     // Unknown names are ignored.
     assert_eq!(
         snapshot.place_excluding(&def, None, &[refused("nowhere")]),
