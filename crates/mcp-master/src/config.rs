@@ -213,6 +213,12 @@ pub struct PlacementConfig {
     pub reserve_disk: ByteSize,
     pub min_free_memory: ByteSize,
     pub min_free_disk: ByteSize,
+    /// Cores a component counts as requesting when neither it nor its service's
+    /// `[resources]` names any (SPEC §4): Nomad's 100 MHz, about a tenth of a core.
+    pub default_cpu: f64,
+    /// Memory a component counts as requesting when neither it nor its service's
+    /// `[resources]` names any.
+    pub default_memory: ByteSize,
 }
 
 impl Default for PlacementConfig {
@@ -223,6 +229,8 @@ impl Default for PlacementConfig {
             reserve_disk: ByteSize::gib(1),
             min_free_memory: ByteSize::mib(64),
             min_free_disk: ByteSize::mib(256),
+            default_cpu: 0.1,
+            default_memory: ByteSize::mib(128),
         }
     }
 }
@@ -238,6 +246,11 @@ impl PlacementConfig {
             },
             min_free_memory: self.min_free_memory.0,
             min_free_disk: self.min_free_disk.0,
+            default_request: mcp_placement::Capacity {
+                cpu: self.default_cpu,
+                memory: self.default_memory.0,
+                disk: 0,
+            },
         }
     }
 }
@@ -337,6 +350,9 @@ impl Config {
         }
         if !self.placement.reserve_cpu.is_finite() || self.placement.reserve_cpu < 0.0 {
             bail!("placement.reserve_cpu: must be zero or more cores");
+        }
+        if !self.placement.default_cpu.is_finite() || self.placement.default_cpu < 0.0 {
+            bail!("placement.default_cpu: must be zero or more cores");
         }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats: must be at least 1");

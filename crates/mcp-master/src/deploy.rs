@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mcp_placement::{Capacity, NodeView, PlacedService, Rejection, Snapshot};
+use mcp_placement::{Capacity, NodeView, PlacedService, Rejection, Requested, Snapshot};
 use mcp_proto::agent::v1 as agent;
 use mcp_proto::agent::v1::agent_client::AgentClient;
 use mcp_proto::master::v1 as wire;
@@ -30,20 +30,33 @@ impl MasterService {
     /// The fleet as placement sees it now: one snapshot per deploy batch.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let nodes = self.state.registry.nodes();
+        let policy = self.state.config.placement.policy();
         let mut placed = Vec::new();
+        let mut components = Vec::new();
         let views = nodes
             .iter()
             .map(|n| {
                 for s in &n.services {
                     let r = s.spec.as_ref().and_then(|spec| spec.resources.as_ref());
+                    components.clear();
+                    components.extend(
+                        s.spec
+                            .iter()
+                            .flat_map(|spec| &spec.components)
+                            .map(|c| (c.cpu, c.memory)),
+                    );
                     placed.push(PlacedService {
                         service: s.name.clone(),
                         node: n.name.clone(),
-                        requests: Capacity {
-                            cpu: r.and_then(|r| r.cpu).unwrap_or(0.0),
-                            memory: r.and_then(|r| r.memory).unwrap_or(0),
-                            disk: r.and_then(|r| r.disk).unwrap_or(0),
-                        },
+                        requests: mcp_placement::requests(
+                            Requested {
+                                cpu: r.and_then(|r| r.cpu),
+                                memory: r.and_then(|r| r.memory),
+                                disk: r.and_then(|r| r.disk),
+                            },
+                            &components,
+                            &policy.default_request,
+                        ),
                     });
                 }
                 NodeView {
@@ -62,12 +75,7 @@ impl MasterService {
                 }
             })
             .collect();
-        Snapshot::new(
-            views,
-            &placed,
-            self.state.config.placement.policy(),
-            &self.state.config.node,
-        )
+        Snapshot::new(views, &placed, policy, &self.state.config.node)
     }
 
     /// Holds placements of a fresh master until every bootstrap node has registered or
@@ -312,7 +320,11 @@ impl MasterService {
             Some(c) if moved => format!("{}; moves from {c}", placement.reason),
             _ => placement.reason,
         };
-        snapshot.commit(&def.name, &target, mcp_placement::requests_of(&def));
+        snapshot.commit(
+            &def.name,
+            &target,
+            mcp_placement::requests_of(&def, snapshot.policy()),
+        );
         let generation = self.state.hlc.next();
         registry.event(
             &target,

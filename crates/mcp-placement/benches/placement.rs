@@ -107,6 +107,11 @@ fn policy() -> Policy {
         },
         min_free_memory: 256 * MIB,
         min_free_disk: 5 * GIB,
+        default_request: Capacity {
+            cpu: 0.1,
+            memory: 128 * MIB,
+            disk: 0,
+        },
     }
 }
 
@@ -239,7 +244,7 @@ pub(crate) fn run(div: usize) {
         let start = Instant::now();
         for def in &batch {
             if let Ok(p) = s.place(def, None) {
-                s.commit(&def.name, &p.node, requests_of(def));
+                s.commit(&def.name, &p.node, requests_of(def, &policy));
                 ok += 1;
             }
         }

@@ -109,10 +109,10 @@ pub(crate) fn arch_bit(arch: Arch) -> u32 {
 }
 
 impl<'a> Demand<'a> {
-    pub fn of(def: &'a ServiceDef) -> Demand<'a> {
+    pub fn of(def: &'a ServiceDef, policy: &Policy) -> Demand<'a> {
         let allowed = def.resources.arch.as_slice();
         Demand {
-            requests: Units::of(&crate::requests_of(def)),
+            requests: Units::of(&crate::requests_of(def, policy)),
             arch_mask: allowed.iter().fold(0, |m, a| m | arch_bit(*a)),
             allowed,
         }

@@ -59,16 +59,63 @@ pub struct Policy {
     pub min_free_memory: u64,
     /// A node whose observed free disk is below this takes nothing.
     pub min_free_disk: u64,
+    /// What a component that names no cpu or memory (its own, or through its
+    /// service's `[resources]`) counts as requesting: master.toml `[placement]`
+    /// `default_cpu` and `default_memory` (disk has no default).
+    pub default_request: Capacity,
 }
 
-/// What `def` requests: its `resources` cpu, memory and disk, a missing one
-/// counting as zero.
-pub fn requests_of(def: &ServiceDef) -> Capacity {
+/// What `def` requests (SPEC §4): see [`requests`].
+pub fn requests_of(def: &ServiceDef, policy: &Policy) -> Capacity {
     let r = &def.resources;
+    let components: Vec<(Option<f64>, Option<u64>)> = def
+        .components
+        .iter()
+        .map(|c| (c.cpu, c.memory.map(|m| m.bytes())))
+        .collect();
+    requests(
+        Requested {
+            cpu: r.cpu,
+            memory: r.memory.map(|m| m.bytes()),
+            disk: r.disk.map(|d| d.bytes()),
+        },
+        &components,
+        &policy.default_request,
+    )
+}
+
+/// A service's `[resources]` as placement reads them: bytes and cores, `None`
+/// where the definition sets nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Requested {
+    pub cpu: Option<f64>,
+    pub memory: Option<u64>,
+    pub disk: Option<u64>,
+}
+
+/// What a service requests (SPEC §4), from its `[resources]` and its
+/// components' own `(cpu, memory)`: cpu and memory are the service's value when
+/// it sets one, else the sum over its components of each one's own value or
+/// `defaults`; disk is the service's or none. So a request-less service still
+/// takes room, and services that set nothing spread across equal nodes.
+pub fn requests(
+    service: Requested,
+    components: &[(Option<f64>, Option<u64>)],
+    defaults: &Capacity,
+) -> Capacity {
     Capacity {
-        cpu: r.cpu.unwrap_or(0.0),
-        memory: r.memory.map_or(0, |m| m.bytes()),
-        disk: r.disk.map_or(0, |d| d.bytes()),
+        cpu: service.cpu.unwrap_or_else(|| {
+            components
+                .iter()
+                .map(|(cpu, _)| cpu.unwrap_or(defaults.cpu))
+                .sum()
+        }),
+        memory: service.memory.unwrap_or_else(|| {
+            components.iter().fold(0u64, |sum, (_, memory)| {
+                sum.saturating_add(memory.unwrap_or(defaults.memory))
+            })
+        }),
+        disk: service.disk.unwrap_or(0),
     }
 }
 

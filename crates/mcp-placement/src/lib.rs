@@ -17,7 +17,9 @@ mod snapshot;
 mod tests;
 
 pub use filter::Rejection;
-pub use fleet::{requests_of, Capacity, Health, NodeView, PlacedService, Policy, Role};
+pub use fleet::{
+    requests, requests_of, Capacity, Health, NodeView, PlacedService, Policy, Requested, Role,
+};
 pub use outcome::{Placement, PlacementError, Scope};
 pub use snapshot::Snapshot;
 

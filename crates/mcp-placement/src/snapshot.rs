@@ -187,7 +187,7 @@ impl Snapshot {
             .filter_map(|(name, why)| Some((self.node_index(name)? as u32, why.clone())))
             .collect();
         let ex = ex.as_slice();
-        let demand = Demand::of(def);
+        let demand = Demand::of(def, &self.policy);
         let own: &[(u32, Units)] = self.placements.get(&def.name).map_or(&[], |v| v.as_slice());
         match (&def.node, def.tier) {
             (Some(target), _) => {
@@ -225,6 +225,11 @@ impl Snapshot {
                 self.place_within(Within::All, def, (&demand, own, ex), current)
             }
         }
+    }
+
+    /// The policy this snapshot places under (for `requests_of`).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Records that `service` now runs on `node` with `requests`, so later

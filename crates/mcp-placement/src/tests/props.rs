@@ -137,15 +137,29 @@ fn service() -> impl Strategy<Value = ServiceDef> {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    (0..=1u64, 0..=2u64, 0..=2u64, 0..=2u64, 0..=2u64).prop_map(|(cpu, m, d, fm, fd)| Policy {
-        reserve: Capacity {
-            cpu: cpu as f64 * 0.5,
-            memory: m * STEP,
-            disk: d * STEP,
-        },
-        min_free_memory: fm * STEP,
-        min_free_disk: fd * STEP,
-    })
+    (
+        0..=1u64,
+        0..=2u64,
+        0..=2u64,
+        0..=2u64,
+        0..=2u64,
+        0..=1u64,
+        0..=1u64,
+    )
+        .prop_map(|(cpu, m, d, fm, fd, dc, dm)| Policy {
+            reserve: Capacity {
+                cpu: cpu as f64 * 0.5,
+                memory: m * STEP,
+                disk: d * STEP,
+            },
+            min_free_memory: fm * STEP,
+            min_free_disk: fd * STEP,
+            default_request: Capacity {
+                cpu: dc as f64 * 0.25,
+                memory: dm * STEP,
+                disk: 0,
+            },
+        })
 }
 
 fn master() -> impl Strategy<Value = String> {
@@ -223,7 +237,7 @@ proptest! {
         }
         // Never over capacity: placed requests (less its own) + its request
         // fit in the allocatable figures, and observed free is enough.
-        let want = requests_of(&c.def);
+        let want = requests_of(&c.def, &c.policy);
         let others = c.placed.iter().filter(|s| s.node == node.name && s.service != c.def.name);
         let (mut cpu, mut memory, mut disk) = (millicores(want.cpu), want.memory, want.disk);
         for s in others {
@@ -277,7 +291,7 @@ proptest! {
                 (Err(PlacementError::Rejected { .. }), Some(cur)) => cur.clone(),
                 (Err(_), _) => continue,
             };
-            let requests = requests_of(def);
+            let requests = requests_of(def, &c.policy);
             snap.commit(&def.name, &node, requests);
             placed.retain(|p| p.service != def.name);
             placed.push(PlacedService { service: def.name.clone(), node, requests });

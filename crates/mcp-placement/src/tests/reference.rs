@@ -83,7 +83,7 @@ pub fn place(
             }
         }
     }
-    let request = requests_of(def).memory;
+    let request = requests_of(def, policy).memory;
     let mut best: Option<(u64, usize, &str)> = None;
     let mut rejections = Vec::new();
     for node in &members {
@@ -148,7 +148,7 @@ fn evaluate(
             disk += p.requests.disk;
         }
     }
-    let want = requests_of(def);
+    let want = requests_of(def, policy);
     let want_cpu = millicores(want.cpu);
     let cpu_allocatable = millicores(node.total.cpu).saturating_sub(millicores(policy.reserve.cpu));
     if cpu + want_cpu > cpu_allocatable {

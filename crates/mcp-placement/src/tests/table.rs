@@ -129,7 +129,11 @@ fn observed_free_memory_filters_but_does_not_rank() {
     for i in 0..6 {
         let def = svc(&format!("s{i}"), |_| {});
         let p = snapshot.place(&def, None).unwrap();
-        snapshot.commit(&def.name, &p.node, crate::requests_of(&def));
+        snapshot.commit(
+            &def.name,
+            &p.node,
+            crate::requests_of(&def, &Policy::default()),
+        );
         on.push(p.node);
     }
     assert_eq!(on, ["a", "b", "c", "a", "b", "c"]);
@@ -139,7 +143,11 @@ fn observed_free_memory_filters_but_does_not_rank() {
     for i in 0..3 {
         let def = svc(&format!("z{i}"), |d| mem(d, 0));
         let p = snapshot.place(&def, None).unwrap();
-        snapshot.commit(&def.name, &p.node, crate::requests_of(&def));
+        snapshot.commit(
+            &def.name,
+            &p.node,
+            crate::requests_of(&def, &Policy::default()),
+        );
         on.push(p.node);
     }
     assert_eq!(on, ["a", "b", "c"]);
@@ -177,6 +185,7 @@ fn each_rejection_text() {
         reserve: Capacity::default(),
         min_free_memory: 256 * MIB,
         min_free_disk: 2 * GIB,
+        default_request: Capacity::default(),
     };
     let def = svc("x", |d| {
         d.resources.cpu = Some(2.0);
@@ -557,6 +566,7 @@ fn reserve_and_floors() {
         },
         min_free_memory: 512 * MIB,
         min_free_disk: 0,
+        default_request: Capacity::default(),
     };
     // 8GiB total less 2GiB reserve: 6GiB allocatable, though 8GiB are free.
     let nodes = [free("a", 8 * GIB)];
@@ -722,4 +732,82 @@ fn nodes_ruled_out_for_one_service() {
         snapshot.place_excluding(&def, None, &[refused("nowhere")]),
         ok("hyperborea", "most free memory")
     );
+}
+
+/// A definition parsed from TOML text (its components and `[resources]`).
+fn parsed(text: &str) -> ServiceDef {
+    mcp_types::parse_definition("t.toml", text).unwrap()
+}
+
+#[test]
+fn requests_count_defaults_for_what_nothing_names() {
+    let policy = Policy {
+        default_request: Capacity {
+            cpu: 0.1,
+            memory: 128 * MIB,
+            disk: 0,
+        },
+        ..Policy::default()
+    };
+    let two = "[[components]]\nname = \"a\"\nimage = \"x:1\"\n[[components]]\nname = \"b\"\nimage = \"x:1\"\n";
+    let cases: &[(&str, f64, u64, u64)] = &[
+        // Nothing named: the default per component.
+        (two, 0.2, 256 * MIB, 0),
+        // The service's values win over the defaults (and are the whole request).
+        (
+            "[resources]\ncpu = 1.5\nmemory = \"64MiB\"\ndisk = \"1GiB\"\n",
+            1.5,
+            64 * MIB,
+            GIB,
+        ),
+        // A component's own value, the default for the other.
+        (
+            "[[components]]\nname = \"a\"\nimage = \"x:1\"\nmemory = \"512MiB\"\ncpu = 0.5\n[[components]]\nname = \"b\"\nimage = \"x:1\"\n",
+            0.6,
+            640 * MIB,
+            0,
+        ),
+    ];
+    for (i, (text, cpu, memory, disk)) in cases.iter().enumerate() {
+        let text = if text.contains("[[components]]") {
+            format!("name = \"s\"\n{text}")
+        } else {
+            format!("name = \"s\"\n{text}{two}")
+        };
+        let got = crate::requests_of(&parsed(&text), &policy);
+        assert!((got.cpu - cpu).abs() < 1e-9, "case {i}: {got:?}");
+        assert_eq!((got.memory, got.disk), (*memory, *disk), "case {i}");
+    }
+}
+
+#[test]
+fn request_less_services_spread_over_equal_nodes() {
+    // Equal nodes whose observed free memory is the same figure (one snapshot):
+    // the default requests make them unequal after each placement.
+    let nodes: Vec<NodeView> = ["hyperborea", "orion", "rift"]
+        .iter()
+        .map(|n| free(n, 20 * GIB))
+        .collect();
+    let policy = Policy {
+        default_request: Capacity {
+            cpu: 0.1,
+            memory: 128 * MIB,
+            disk: 0,
+        },
+        ..Policy::default()
+    };
+    let mut snapshot = Snapshot::new(nodes, &[], policy, "rift");
+    let mut count = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..20 {
+        let def = parsed(&format!(
+            "name = \"s{i}\"\n[[components]]\nname = \"web\"\nimage = \"x:1\"\n"
+        ));
+        let p = snapshot.place(&def, None).unwrap();
+        let requests = crate::requests_of(&def, snapshot.policy());
+        snapshot.commit(&def.name, &p.node, requests);
+        *count.entry(p.node).or_default() += 1;
+    }
+    let (min, max) = (count.values().min(), count.values().max());
+    assert_eq!(count.len(), 3, "{count:?}");
+    assert!(max.unwrap() - min.unwrap() <= 1, "{count:?}");
 }
