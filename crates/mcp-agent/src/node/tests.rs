@@ -498,3 +498,69 @@ async fn an_image_without_the_nodes_platform_is_refused_before_anything_is_made(
     let kept = f.record("svc").unwrap();
     assert_eq!(kept.def.components[0].image.as_deref(), Some("own:1"));
 }
+
+/// `def` of service `name` with `[resources]` `resources`.
+fn limited(name: &str, resources: &str) -> ServiceDef {
+    mcp_types::parse_definition(
+        "t.toml",
+        &format!(
+            "name = \"{name}\"\n[resources]\n{resources}\n[[components]]\nname = \"web\"\nimage = \"x:1\"\n"
+        ),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn limits_reach_the_runtime_and_a_change_replaces_the_instance() {
+    let f = fixture();
+    let status = f
+        .deploy(limited("lim", "memory = \"64MiB\"\ncpu = 0.5"), 0)
+        .await
+        .unwrap();
+    let c = &status.components[0];
+    assert_eq!((c.memory_limit, c.cpu_limit), (64 << 20, 0.5));
+    assert!(c.limits_enforced && c.limits_warning.is_empty(), "{c:?}");
+    let instance = f.docker.definition("lim", "web").unwrap();
+    assert_eq!(instance.limits.memory, Some(mcp_types::ByteSize::mib(64)));
+    assert_eq!(instance.limits.cpu, Some(0.5));
+
+    // The same limits: kept. Other limits: replaced.
+    f.deploy(limited("lim", "memory = \"64MiB\"\ncpu = 0.5"), 0)
+        .await
+        .unwrap();
+    assert_eq!(f.docker.count("create lim/"), 1, "{:?}", f.docker.calls());
+    f.deploy(limited("lim", "memory = \"128MiB\"\ncpu = 0.5"), 0)
+        .await
+        .unwrap();
+    assert_eq!(f.docker.count("remove lim/"), 1, "{:?}", f.docker.calls());
+    assert_eq!(f.docker.count("create lim/"), 2);
+}
+
+#[tokio::test]
+async fn limits_a_runtime_cannot_enforce_are_a_warning_not_a_failure() {
+    let f = fixture();
+    f.docker
+        .set_limits_warning("limits not enforced: cannot create cgroup x: permission denied");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let status = f
+        .node
+        .deploy(limited("warned", "memory = \"64MiB\""), 0, &tx)
+        .await
+        .unwrap();
+    drop(tx);
+    let c = &status.components[0];
+    assert!(!c.limits_enforced, "{c:?}");
+    assert!(c.limits_warning.contains("permission denied"), "{c:?}");
+    let mut said = Vec::new();
+    while let Some(e) = rx.recv().await {
+        if let Some(wire::deploy_event::Event::Step(s)) = e.event {
+            said.push(format!("{} {} {}", s.step, s.component, s.message));
+        }
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("limits web warning: limits not enforced")),
+        "{said:?}"
+    );
+    assert!(said.last().unwrap().starts_with("done"), "{said:?}");
+}

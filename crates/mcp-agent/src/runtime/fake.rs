@@ -39,6 +39,8 @@ struct Inner {
     failures: Vec<Failure>,
     calls: Vec<String>,
     clock: i64,
+    /// What instances with limits report as not enforced (`set_limits_warning`).
+    limits_warning: String,
     /// Images' platforms, as `set_platforms` gave them; others report none.
     platforms: BTreeMap<String, Vec<Platform>>,
 }
@@ -63,6 +65,12 @@ impl FakeRuntime {
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Says limits cannot be enforced, for `why`, for instances created from now on
+    /// (as the exec driver says on a host without cgroups for it).
+    pub fn set_limits_warning(&self, why: &str) {
+        self.inner().limits_warning = why.to_string();
     }
 
     /// Says `image` carries `platforms` from now on.
@@ -200,6 +208,11 @@ impl Runtime for FakeRuntime {
             .clone()
             .or_else(|| instance.command.first().cloned())
             .unwrap_or_default();
+        let limits_warning = if instance.limits.is_none() {
+            String::new()
+        } else {
+            inner.limits_warning.clone()
+        };
         inner.instances.insert(
             key.clone(),
             Observed {
@@ -210,6 +223,7 @@ impl Runtime for FakeRuntime {
                 started_at: 0,
                 digest: instance.digest.clone(),
                 detail: String::new(),
+                limits_warning,
                 ..Observed::default()
             },
         );
