@@ -8,11 +8,8 @@
 //! script file). It kills what it started on exit; on our deadline it gets
 //! SIGTERM, then its process group SIGKILL.
 
-use std::io::Read as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mc-proxy");
 
@@ -42,13 +39,6 @@ const ROWS: &[&str] = &[
 /// may first wait (at most 10 min) for another run of itself to finish.
 const DEADLINE: Duration = Duration::from_secs(900);
 
-/// bash's own `kill` (no procps needed): `signal("-TERM 123")`.
-fn signal(args: &str) {
-    let _ = Command::new("bash")
-        .args(["-c", &format!("kill {args}")])
-        .status();
-}
-
 /// A cell's leading number: "123.4", "0.315 (+0.153)".
 fn number(cell: &str) -> Option<f64> {
     cell.split_whitespace().next()?.parse().ok()
@@ -57,63 +47,15 @@ fn number(cell: &str) -> Option<f64> {
 #[test]
 fn bench_script_smoke_run_prints_every_row() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = root.join("bench/proxy-vs-nginx-haproxy.sh");
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .args(["--smoke", "--mc-proxy", BIN])
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a hung run can be ended as a whole.
-        .process_group(0)
-        .spawn()
-        .expect("run bash bench/proxy-vs-nginx-haproxy.sh");
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the script") {
-            break Some(status);
-        }
-        if start.elapsed() > DEADLINE {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let status = match status {
-        Some(status) => status,
-        None => {
-            // SIGTERM: the script's trap kills what it started, by pid.
-            signal(&format!("-TERM {pid}"));
-            let grace = Instant::now();
-            while child.try_wait().ok().flatten().is_none() && grace.elapsed().as_secs() < 15 {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            signal(&format!("-KILL -- -{pid}"));
-            let _ = child.wait();
-            panic!(
-                "the smoke run took over {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-                out.join().unwrap_or_default(),
-                err.join().unwrap_or_default()
-            );
-        }
-    };
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(status.success(), "the script failed: {status}\n{context}");
+    let stdout = mcp_local_fleet::run_bench_script(
+        &root,
+        "bench/proxy-vs-nginx-haproxy.sh",
+        &["--smoke".as_ref(), "--mc-proxy".as_ref(), BIN.as_ref()],
+        &[],
+        DEADLINE,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let context = format!("stdout:\n{stdout}");
     // "...; took 17 s": the run after any wait for another one. A run of full
     // length takes minutes.
     let took: u64 = stdout

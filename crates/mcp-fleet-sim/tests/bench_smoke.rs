@@ -8,22 +8,13 @@
 //! process group SIGKILL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mcp_local_fleet::Binaries;
 
 /// A smoke run takes well under a minute on an idle 2-CPU machine.
 const DEADLINE: Duration = Duration::from_secs(600);
-
-fn signal(args: &str) {
-    let _ = Command::new("bash")
-        .args(["-c", &format!("kill {args}")])
-        .status();
-}
 
 /// Runs `bench/fleet-sim.sh --smoke --bin-dir <this build> EXTRA...`; returns its
 /// stdout once it exited 0 within the deadline.
@@ -35,58 +26,14 @@ fn smoke(extra: &[&str]) -> String {
         bin.dir.display()
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut child = Command::new("bash")
-        .arg(root.join("bench/fleet-sim.sh"))
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(&bin.dir)
-        .args(extra)
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("run bash bench/fleet-sim.sh");
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the script") {
-            break Some(status);
-        }
-        if start.elapsed() > DEADLINE {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if status.is_none() {
-        signal(&format!("-TERM -- -{pid}"));
-        let grace = Instant::now();
-        while child.try_wait().ok().flatten().is_none() && grace.elapsed().as_secs() < 20 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        signal(&format!("-KILL -- -{pid}"));
-        let _ = child.wait();
-    }
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    let status =
-        status.unwrap_or_else(|| panic!("the smoke run took over {DEADLINE:?}\n{context}"));
-    assert!(status.success(), "the script failed: {status}\n{context}");
-    stdout
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--smoke".as_ref(),
+        "--bin-dir".as_ref(),
+        bin.dir.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    mcp_local_fleet::run_bench_script(&root, "bench/fleet-sim.sh", &args, &[], DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The number after `key=` on the line starting with `prefix`.

@@ -949,3 +949,76 @@ pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> 
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Runs a benchmark script the way its CI smoke test does: `bash SCRIPT ARGS`
+/// from `root`, stdin closed, in a process group of its own, with `env_remove`
+/// taken out of its environment, for at most `deadline`. Past it the script gets
+/// SIGTERM (its trap stops what it started, by pid), 30 s to go, then its group
+/// SIGKILL. `Ok(stdout)` when it exited 0; otherwise why, with both outputs.
+pub fn run_bench_script(
+    root: &Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    env_remove: &[&str],
+    deadline: Duration,
+) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new("bash");
+    command
+        .arg(root.join(script))
+        .args(args)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for key in env_remove {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("run bash {script}: {e}"))?;
+    let pid = child.id();
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = child.stdout.take().map(|p| reader(Box::new(p)));
+    let err = child.stderr.take().map(|p| reader(Box::new(p)));
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed() <= deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            _ => break None,
+        }
+    };
+    if status.is_none() {
+        send_signal(pid, libc::SIGTERM);
+        let grace = Instant::now();
+        while child.try_wait().ok().flatten().is_none() && grace.elapsed().as_secs() < 30 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        send_signal_group(pid, libc::SIGKILL);
+        let _ = child.wait();
+    }
+    let join = |h: Option<std::thread::JoinHandle<String>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    let (stdout, stderr) = (join(out), join(err));
+    match status {
+        Some(status) if status.success() => Ok(stdout),
+        Some(status) => Err(format!(
+            "{script} failed: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        )),
+        None => Err(format!(
+            "{script} took over {deadline:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        )),
+    }
+}

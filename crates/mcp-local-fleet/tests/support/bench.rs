@@ -12,24 +12,14 @@
 //! our deadline it gets SIGTERM, then its process group SIGKILL.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mcp_local_fleet::Binaries;
 
 /// A smoke run takes about 30 s on an idle 2-CPU machine; the script may first
 /// wait (at most 10 min) for another run of a deploy benchmark to finish.
 const DEADLINE: Duration = Duration::from_secs(900);
-
-/// bash's own `kill` (no procps needed): `signal("-TERM 123")`.
-fn signal(args: &str) {
-    let _ = Command::new("bash")
-        .args(["-c", &format!("kill {args}")])
-        .status();
-}
 
 /// The mean of a row of hyperfine's markdown table: `| `name` | 360.0 ± 1.2 | ...`.
 pub fn mean(stdout: &str, name: &str) -> Option<f64> {
@@ -56,63 +46,19 @@ pub fn smoke_run_prints_every_row(name: &str, binaries: &[&str]) -> String {
         );
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = root.join(format!("bench/{name}.sh"));
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(&bin.dir)
-        .current_dir(&root)
-        .env_remove("MCP_MASTER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a hung run can be ended as a whole.
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("run bash {}: {e}", script.display()));
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the script") {
-            break Some(status);
-        }
-        if start.elapsed() > DEADLINE {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let Some(status) = status else {
-        // SIGTERM: the script's trap stops what it started, by pid.
-        signal(&format!("-TERM {pid}"));
-        let grace = Instant::now();
-        while child.try_wait().ok().flatten().is_none() && grace.elapsed().as_secs() < 30 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        signal(&format!("-KILL -- -{pid}"));
-        let _ = child.wait();
-        panic!(
-            "the smoke run took over {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default()
-        );
-    };
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(status.success(), "the script failed: {status}\n{context}");
+    let stdout = mcp_local_fleet::run_bench_script(
+        &root,
+        &format!("bench/{name}.sh"),
+        &[
+            "--smoke".as_ref(),
+            "--bin-dir".as_ref(),
+            bin.dir.as_os_str(),
+        ],
+        &["MCP_MASTER"],
+        DEADLINE,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let context = format!("stdout:\n{stdout}");
     // "<name>: ... took 31 s": the run after any wait for another.
     let took: u64 = stdout
         .lines()
