@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mcp_placement::Rejection;
+use mcp_placement::{ImageRefusal, Rejection};
 use mcp_types::{Arch, Driver, ServiceDef};
 
 /// How long a refusal is remembered.
@@ -82,22 +82,21 @@ impl Refusals {
 
 /// The placement rejection of a node that refused `image`.
 pub fn rejection(image: &str, platforms: &str, arch: Arch) -> Rejection {
-    Rejection::ImagePlatform {
+    Rejection::ImagePlatform(Box::new(ImageRefusal {
         image: image.to_string(),
         platforms: platforms.to_string(),
         node: arch,
-    }
+    }))
 }
 
 /// How the operator hears of it: `hyperborea refused image mcp-test/hello:1
 /// (linux/amd64, node arm64)`.
 pub fn refused_text(node: &str, why: &Rejection) -> String {
     match why {
-        Rejection::ImagePlatform {
-            image,
-            platforms,
-            node: arch,
-        } => format!("{node} refused image {image} ({platforms}, node {arch})"),
+        Rejection::ImagePlatform(r) => format!(
+            "{node} refused image {} ({}, node {})",
+            r.image, r.platforms, r.node
+        ),
         other => format!("{node}: {other}"),
     }
 }

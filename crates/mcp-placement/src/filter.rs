@@ -35,14 +35,20 @@ pub enum Rejection {
     FreeDiskFloor { free: u64, floor: u64 },
     /// The node's agent refused the service's image: it does not carry the node's
     /// platform (SPEC §3). Only the master knows this, from an agent's refusal; it
-    /// passes it in with [`crate::Snapshot::place_excluding`].
-    ImagePlatform {
-        image: String,
-        /// What the image carries: `linux/amd64`.
-        platforms: String,
-        /// The node's architecture.
-        node: Arch,
-    },
+    /// passes it in with [`crate::Snapshot::place_excluding`]. Boxed: the
+    /// rarest rejection should not double every other's size (a failed placement
+    /// carries one per node).
+    ImagePlatform(Box<ImageRefusal>),
+}
+
+/// An agent's refusal of an image, as placement names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRefusal {
+    pub image: String,
+    /// What the image carries: `linux/amd64`.
+    pub platforms: String,
+    /// The node's architecture.
+    pub node: Arch,
 }
 
 impl fmt::Display for Rejection {
@@ -81,11 +87,9 @@ impl fmt::Display for Rejection {
                 ByteSize(*free),
                 ByteSize(*floor)
             ),
-            Rejection::ImagePlatform {
-                image,
-                platforms,
-                node,
-            } => write!(f, "image {image} is {platforms}, node {node}"),
+            Rejection::ImagePlatform(r) => {
+                write!(f, "image {} is {}, node {}", r.image, r.platforms, r.node)
+            }
             Rejection::FreeDiskFloor { free, floor } => write!(
                 f,
                 "free disk {} below the floor of {}",

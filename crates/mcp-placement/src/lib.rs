@@ -16,7 +16,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use filter::Rejection;
+pub use filter::{ImageRefusal, Rejection};
 pub use fleet::{
     requests, requests_of, Capacity, Health, NodeView, PlacedService, Policy, Requested, Role,
 };

@@ -4,8 +4,8 @@
 use mcp_types::{Arch, ByteSize, ServiceDef, Tier};
 
 use crate::{
-    place, Capacity, Health, NodeView, PlacedService, Placement, PlacementError, Policy, Rejection,
-    Role, Scope, Snapshot,
+    place, Capacity, Health, ImageRefusal, NodeView, PlacedService, Placement, PlacementError,
+    Policy, Rejection, Role, Scope, Snapshot,
 };
 
 const MIB: u64 = 1 << 20;
@@ -684,11 +684,11 @@ fn nodes_ruled_out_for_one_service() {
     let refused = |node: &str| {
         (
             node.to_string(),
-            Rejection::ImagePlatform {
+            Rejection::ImagePlatform(Box::new(ImageRefusal {
                 image: "mcp-test/hello:1".to_string(),
                 platforms: "linux/amd64".to_string(),
                 node: Arch::Arm64,
-            },
+            })),
         )
     };
     // Ties by name: hyperborea first, then the next best once it is ruled out.
