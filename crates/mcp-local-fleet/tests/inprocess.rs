@@ -294,3 +294,51 @@ async fn public_hostnames_are_allowed_unique_and_never_internal() {
     )
     .await;
 }
+
+/// A service asking for `cpu` cores, placed by the master (no node named) unless
+/// `node` pins it.
+fn with_cpu(name: &str, node: Option<&str>, cpu: f64) -> String {
+    let pin = node.map_or(String::new(), |n| format!("node = \"{n}\"\n"));
+    format!(
+        "name = \"{name}\"\n{pin}[resources]\ncpu = {cpu:?}\n[[components]]\nname = \"web\"\nimage = \"mcp-test/hello:1\"\n"
+    )
+}
+
+/// SPEC §4 and issue 14: a redeploy whose larger requests no longer fit its node
+/// moves (started on the new node before the old copy goes); one that fits
+/// nowhere fails naming every node, and the running copy stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_that_outgrows_its_node_moves_or_fails_naming_every_node() {
+    // Every in-process agent reports this host's cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(cores >= 2.0, "needs two cores, has {cores}");
+    let fleet = InProcess::start(85, &["alpha", "beta"]).await;
+    // Equal nodes: alpha by name.
+    fleet.deploy(&[&with_cpu("grow", None, 0.5)]).await.unwrap();
+    assert_eq!(fleet.hosts("grow"), ["alpha"]);
+    // alpha is then nearly full: cores - 0.5 requested.
+    fleet
+        .deploy(&[&with_cpu("filler", Some("alpha"), cores - 1.0)])
+        .await
+        .unwrap();
+    // 1.5 cores no longer fit beside the filler on alpha: it moves to beta.
+    fleet.deploy(&[&with_cpu("grow", None, 1.5)]).await.unwrap();
+    assert_eq!(fleet.hosts("grow"), ["beta"]);
+    let events = fleet.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("removed grow") && e.contains("superseded")),
+        "{events:#?}"
+    );
+    // More than any node has: refused with each node's reason; beta keeps its copy.
+    let err = fleet
+        .deploy(&[&with_cpu("grow", None, cores + 1.0)])
+        .await
+        .expect_err("no node has that many cores");
+    let text = err.message();
+    assert!(text.contains("alpha: cpu"), "{text}");
+    assert!(text.contains("beta: cpu"), "{text}");
+    assert_eq!(fleet.hosts("grow"), ["beta"]);
+    fleet.shutdown().await;
+}
