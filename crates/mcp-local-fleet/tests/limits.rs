@@ -280,15 +280,10 @@ fn exec_limits_are_a_cgroup_or_a_warning() {
                 ),
             );
             mcp_ok(&fleet, &["deploy", &hog]);
-            let status = wait_for_oom(&fleet, "lim-exec-hog");
-            let c = &status["services"][0]["components"][0];
-            assert!(
-                c["detail"]
-                    .as_str()
-                    .unwrap()
-                    .contains("killed at its memory limit"),
-                "{c}"
-            );
+            // The count and the master's event (wait_for_oom checks both). The
+            // component's detail says it only while the process is down, and the
+            // supervisor restarts it at once (on-failure): not checked, it races.
+            wait_for_oom(&fleet, "lim-exec-hog");
             assert!(
                 serves(&address, "hello from lim-exec"),
                 "the neighbour must keep serving"
