@@ -8,44 +8,12 @@
 //! exit (the fleet by pid, its containers); on our deadline it gets SIGTERM, then
 //! its process group SIGKILL.
 
-use std::path::Path;
-use std::time::Duration;
-
-use mcp_local_fleet::Binaries;
-
-/// The smoke run takes about 10 s on an idle 2-CPU machine; the script may first
-/// wait (at most 10 min) for another run of itself to finish.
-const DEADLINE: Duration = Duration::from_secs(900);
-
-/// The mean of a row of hyperfine's markdown table: `| `name` | 1.234 | ...`.
-fn mean(stdout: &str, name: &str) -> Option<f64> {
-    let prefix = format!("| `{name}` |");
-    let line = stdout.lines().find(|l| l.starts_with(&prefix))?;
-    line.trim_matches('|')
-        .split('|')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
+#[path = "support/bench.rs"]
+mod bench;
 
 #[test]
 fn batch_deploy_smoke_run_prints_every_row_and_the_ratio() {
-    let bin = Binaries::find().expect("the binaries");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let stdout = mcp_local_fleet::run_bench_script(
-        &root,
-        "bench/batch-deploy.sh",
-        &[
-            "--smoke".as_ref(),
-            "--bin-dir".as_ref(),
-            bin.dir.as_os_str(),
-        ],
-        &["MCP_MASTER"],
-        DEADLINE,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = bench::smoke_run("batch-deploy", &[]);
     let context = format!("stdout:\n{stdout}");
     let took: u64 = stdout
         .split("batch-deploy: took ")
@@ -59,7 +27,7 @@ fn batch_deploy_smoke_run_prints_every_row_and_the_ratio() {
         "docker run -d x4",
         "docker run -d x4 in parallel",
     ] {
-        let s = mean(&stdout, row).unwrap_or_else(|| panic!("no row '{row}'\n{context}"));
+        let s = bench::mean(&stdout, row).unwrap_or_else(|| panic!("no row '{row}'\n{context}"));
         assert!(s > 0.0, "row '{row}': mean {s}\n{context}");
     }
     assert!(

@@ -32,19 +32,11 @@ impl MasterService {
         let nodes = self.state.registry.nodes();
         let policy = self.state.config.placement.policy();
         let mut placed = Vec::new();
-        let mut components = Vec::new();
         let views = nodes
             .iter()
             .map(|n| {
                 for s in &n.services {
                     let r = s.spec.as_ref().and_then(|spec| spec.resources.as_ref());
-                    components.clear();
-                    components.extend(
-                        s.spec
-                            .iter()
-                            .flat_map(|spec| &spec.components)
-                            .map(|c| (c.cpu, c.memory)),
-                    );
                     placed.push(PlacedService {
                         service: s.name.clone(),
                         node: n.name.clone(),
@@ -54,7 +46,10 @@ impl MasterService {
                                 memory: r.and_then(|r| r.memory),
                                 disk: r.and_then(|r| r.disk),
                             },
-                            &components,
+                            s.spec
+                                .iter()
+                                .flat_map(|spec| &spec.components)
+                                .map(|c| (c.cpu, c.memory)),
                             &policy.default_request,
                         ),
                     });
@@ -152,10 +147,7 @@ impl MasterService {
             }
             match self.place_one(def, &mut snapshot, &excluded[i]) {
                 Ok((p, placed)) => {
-                    batch.nodes[i].clone_from(&p.node);
-                    batch.wait[i] |= p.moved || p.public;
-                    batch.twice |= p.moved && p.public;
-                    batch.public |= p.public;
+                    batch.placed(i, &p);
                     let _ = out.send(Ok(placed)).await;
                     planned.push(Some(p));
                 }
@@ -240,10 +232,7 @@ impl MasterService {
                     excluded[i].push((node.clone(), why));
                     match self.place_one(def, &mut snapshot, &excluded[i]) {
                         Ok((p, placed)) => {
-                            batch.nodes[i].clone_from(&p.node);
-                            batch.wait[i] |= p.moved || p.public;
-                            batch.twice |= p.moved && p.public;
-                            batch.public |= p.public;
+                            batch.placed(i, &p);
                             let _ = out.send(Ok(placed)).await;
                             batch.state[i] = State::Waiting;
                             batch.make_ready(i);
@@ -517,6 +506,14 @@ impl Batch {
             busy: HashMap::new(),
             failures: Vec::new(),
         }
+    }
+
+    /// Service `i` is placed as `p` says: its node, and what the batch then waits for.
+    fn placed(&mut self, i: usize, p: &Planned) {
+        self.nodes[i].clone_from(&p.node);
+        self.wait[i] |= p.moved || p.public;
+        self.twice |= p.moved && p.public;
+        self.public |= p.public;
     }
 
     fn make_ready(&mut self, i: usize) {

@@ -68,18 +68,15 @@ pub struct Policy {
 /// What `def` requests (SPEC §4): see [`requests`].
 pub fn requests_of(def: &ServiceDef, policy: &Policy) -> Capacity {
     let r = &def.resources;
-    let components: Vec<(Option<f64>, Option<u64>)> = def
-        .components
-        .iter()
-        .map(|c| (c.cpu, c.memory.map(|m| m.bytes())))
-        .collect();
     requests(
         Requested {
             cpu: r.cpu,
             memory: r.memory.map(|m| m.bytes()),
             disk: r.disk.map(|d| d.bytes()),
         },
-        &components,
+        def.components
+            .iter()
+            .map(|c| (c.cpu, c.memory.map(|m| m.bytes()))),
         &policy.default_request,
     )
 }
@@ -98,20 +95,21 @@ pub struct Requested {
 /// it sets one, else the sum over its components of each one's own value or
 /// `defaults`; disk is the service's or none. So a request-less service still
 /// takes room, and services that set nothing spread across equal nodes.
-pub fn requests(
-    service: Requested,
-    components: &[(Option<f64>, Option<u64>)],
-    defaults: &Capacity,
-) -> Capacity {
+pub fn requests<I>(service: Requested, components: I, defaults: &Capacity) -> Capacity
+where
+    I: IntoIterator<Item = (Option<f64>, Option<u64>)>,
+    I::IntoIter: Clone,
+{
+    let components = components.into_iter();
     Capacity {
         cpu: service.cpu.unwrap_or_else(|| {
             components
-                .iter()
+                .clone()
                 .map(|(cpu, _)| cpu.unwrap_or(defaults.cpu))
                 .sum()
         }),
         memory: service.memory.unwrap_or_else(|| {
-            components.iter().fold(0u64, |sum, (_, memory)| {
+            components.fold(0u64, |sum, (_, memory)| {
                 sum.saturating_add(memory.unwrap_or(defaults.memory))
             })
         }),

@@ -34,9 +34,9 @@ pub fn mean(stdout: &str, name: &str) -> Option<f64> {
         .ok()
 }
 
-/// Runs `bench/<name>.sh --smoke --bin-dir <this build>` and checks what it
-/// printed (see the module's doc); returns its stdout.
-pub fn smoke_run_prints_every_row(name: &str, binaries: &[&str]) -> String {
+/// Runs `bench/<name>.sh --smoke --bin-dir <this build>` (the named binaries
+/// must be built) and returns its stdout once it exited 0 within the deadline.
+pub fn smoke_run(name: &str, binaries: &[&str]) -> String {
     let bin = Binaries::find().expect("the binaries");
     for b in binaries {
         assert!(
@@ -46,7 +46,7 @@ pub fn smoke_run_prints_every_row(name: &str, binaries: &[&str]) -> String {
         );
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let stdout = mcp_local_fleet::run_bench_script(
+    mcp_local_fleet::run_bench_script(
         &root,
         &format!("bench/{name}.sh"),
         &[
@@ -57,7 +57,13 @@ pub fn smoke_run_prints_every_row(name: &str, binaries: &[&str]) -> String {
         &["MCP_MASTER"],
         DEADLINE,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `bench/<name>.sh --smoke --bin-dir <this build>` and checks what it
+/// printed (see the module's doc); returns its stdout.
+pub fn smoke_run_prints_every_row(name: &str, binaries: &[&str]) -> String {
+    let stdout = smoke_run(name, binaries);
     let context = format!("stdout:\n{stdout}");
     // "<name>: ... took 31 s": the run after any wait for another.
     let took: u64 = stdout

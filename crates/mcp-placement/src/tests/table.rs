@@ -734,6 +734,18 @@ fn nodes_ruled_out_for_one_service() {
     );
 }
 
+/// The default policy with master.toml's default requests (0.1 core, 128MiB).
+fn with_defaults() -> Policy {
+    Policy {
+        default_request: Capacity {
+            cpu: 0.1,
+            memory: 128 * MIB,
+            disk: 0,
+        },
+        ..Policy::default()
+    }
+}
+
 /// A definition parsed from TOML text (its components and `[resources]`).
 fn parsed(text: &str) -> ServiceDef {
     mcp_types::parse_definition("t.toml", text).unwrap()
@@ -741,14 +753,7 @@ fn parsed(text: &str) -> ServiceDef {
 
 #[test]
 fn requests_count_defaults_for_what_nothing_names() {
-    let policy = Policy {
-        default_request: Capacity {
-            cpu: 0.1,
-            memory: 128 * MIB,
-            disk: 0,
-        },
-        ..Policy::default()
-    };
+    let policy = with_defaults();
     let two = "[[components]]\nname = \"a\"\nimage = \"x:1\"\n[[components]]\nname = \"b\"\nimage = \"x:1\"\n";
     let cases: &[(&str, f64, u64, u64)] = &[
         // Nothing named: the default per component.
@@ -788,14 +793,7 @@ fn request_less_services_spread_over_equal_nodes() {
         .iter()
         .map(|n| free(n, 20 * GIB))
         .collect();
-    let policy = Policy {
-        default_request: Capacity {
-            cpu: 0.1,
-            memory: 128 * MIB,
-            disk: 0,
-        },
-        ..Policy::default()
-    };
+    let policy = with_defaults();
     let mut snapshot = Snapshot::new(nodes, &[], policy, "rift");
     let mut count = std::collections::BTreeMap::<String, usize>::new();
     for i in 0..20 {
